@@ -1,0 +1,125 @@
+"""Thin Litestar handlers: parse, call one service, encode. No policy lives here."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+from litestar import Request, Response, get, post
+from litestar.datastructures import State
+from litestar.exceptions import HTTPException
+
+from gateway.encoding import embedding_body
+from gateway.errors import GatewayError
+from gateway.schema import parse_request
+from gateway.service import EmbeddingService
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+JSON = "application/json"
+
+
+class ClientDisconnected(GatewayError):
+    """The client went away before its answer was ready (nginx's 499)."""
+
+    status_code = 499
+    error_type = "invalid_request_error"
+
+
+async def _until_disconnect(request: Request[Any, Any, Any]) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def cancel_on_disconnect(request: Request[Any, Any, Any], work: Awaitable[T]) -> T:
+    """Run `work`, cancelling it (and so dropping its queued parts) if the client disconnects."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_until_disconnect(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise ClientDisconnected("The client closed the connection", code="client_disconnected")
+    return task.result()
+
+
+@post(["/v1/embeddings", "/embeddings"], status_code=200, media_type=JSON)
+async def create_embeddings(request: Request[Any, Any, State], state: State) -> Response[bytes]:
+    """OpenAI's `POST /v1/embeddings`, extended with image and interleaved inputs."""
+    service: EmbeddingService = state.service
+    embed_request = parse_request(await request.body(), request.headers.get("content-type", ""))
+    result = await cancel_on_disconnect(request, service.embed(embed_request))
+    return Response(embedding_body(result, embed_request.encoding_format), media_type=JSON)
+
+
+def _model_card(model: Any, created: int) -> dict[str, Any]:
+    return {
+        "id": model.name,
+        "object": "model",
+        "created": created,
+        "owned_by": "embeddings-gateway",
+        "modalities": sorted(m.value for m in model.modalities),
+        "dimensions": model.dimension,
+        "matryoshka_dimensions": model.settings.matryoshka_dimensions,
+    }
+
+
+@get(["/v1/models", "/models"], media_type=JSON)
+async def list_models(state: State) -> dict[str, Any]:
+    """The served models in OpenAI's list shape, with modalities and dimension."""
+    return {"object": "list", "data": [_model_card(m, state.started_at) for m in state.service.router]}
+
+
+@get(["/v1/models/{model_id:path}"], media_type=JSON)
+async def retrieve_model(state: State, model_id: str) -> dict[str, Any]:
+    """One served model."""
+    return _model_card(state.service.router.resolve(model_id.lstrip("/")), state.started_at)
+
+
+@get("/health", media_type=JSON)
+async def health() -> dict[str, str]:
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+@get("/ready", media_type=JSON)
+async def ready(state: State) -> Response[dict[str, Any]]:
+    """Readiness: every model is loaded and its engine started."""
+    is_ready = bool(state.ready)
+    body = {"status": "ready" if is_ready else "starting", "models": [m.name for m in state.service.router]}
+    return Response(body, status_code=200 if is_ready else 503, media_type=JSON)
+
+
+def gateway_error_handler(_: Request[Any, Any, Any], exc: GatewayError) -> Response[dict[str, Any]]:
+    return Response(exc.body(), status_code=exc.status_code, headers=exc.headers(), media_type=JSON)
+
+
+HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+
+
+def http_error_handler(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
+    status = exc.status_code
+    message = f"{exc.detail}: {request.method} {request.url.path}" if status in (404, 405) else str(exc.detail)
+    error = GatewayError(message, code=HTTP_CODES.get(status, "http_error"))
+    error_type = "server_error" if status >= 500 else "invalid_request_error"
+    body = {"error": {**error.body()["error"], "type": error_type}}
+    return Response(body, status_code=status, headers=exc.headers or {}, media_type=JSON)
+
+
+def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    body = GatewayError("The server had an internal error", code="internal_error").body()
+    return Response(body, status_code=500, media_type=JSON)
+
+
+ROUTES = [create_embeddings, list_models, retrieve_model, health, ready]
+EXCEPTION_HANDLERS: dict[int | type[Exception], Any] = {
+    GatewayError: gateway_error_handler,
+    HTTPException: http_error_handler,
+    Exception: internal_error_handler,
+}

@@ -1,0 +1,67 @@
+"""The application factory: settings in, a Litestar app with its models' lifecycle out."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+from litestar import Litestar
+from litestar.datastructures import State
+
+from gateway.api import EXCEPTION_HANDLERS, ROUTES
+from gateway.config import Settings
+from gateway.images import ImageLoader
+from gateway.inputs import InputResolver
+from gateway.router import Router, ServedModel
+from gateway.service import EmbeddingService
+from gateway.tokens import TokenDecoder
+from providers.registry import create_provider
+
+logger = logging.getLogger(__name__)
+
+
+def build_models(settings: Settings) -> list[ServedModel]:
+    """One provider per configured model; nothing is loaded yet."""
+    return [ServedModel(m, create_provider(m.provider, m.provider_options, name=m.name)) for m in settings.models]
+
+
+def load_models(models: Sequence[ServedModel]) -> None:
+    """Load weights (blocking); raises the provider's `ModelLoadError`."""
+    for model in models:
+        model.provider.load()
+        logger.info("loaded model %s (%d dimensions)", model.name, model.dimension)
+
+
+def create_app(settings: Settings, models: Sequence[ServedModel] | None = None) -> Litestar:
+    """Build the app; `models` may be pre-loaded (the CLI does, to fail fast with one line)."""
+    served = list(models) if models is not None else build_models(settings)
+    state = State({"ready": False, "started_at": int(time.time())})
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        images = ImageLoader(settings.images)
+        resolver = InputResolver(images, TokenDecoder(settings.token_encoding))
+        app.state.service = EmbeddingService(Router(served), resolver, max_inputs=settings.max_inputs)
+        await asyncio.to_thread(load_models, served)
+        for model in served:
+            await model.provider.start()
+        app.state.ready = True
+        try:
+            yield
+        finally:
+            app.state.ready = False
+            for model in served:
+                await model.provider.close()
+            await images.aclose()
+
+    return Litestar(
+        route_handlers=ROUTES,
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=[lifespan],
+        state=state,
+        request_max_body_size=settings.max_request_bytes,
+        openapi_config=None,
+    )
