@@ -1,6 +1,6 @@
 """Make a SigLIP model folder saved by transformers 5.x loadable by Infinity (transformers 4.57).
 
-Usage: python bench/infinity_compat.py [--no-pad-fix] SRC DST
+Usage: python bench/infinity_compat.py [--no-pad-fix] [--keep-attention-mask] SRC DST
 
 Only the standard library is used, so this runs from any venv. Fixes applied to the copy:
 
@@ -25,6 +25,11 @@ Only the standard library is used, so this runs from any venv. Fixes applied to 
    tokenizer_config.json makes 4.x's SiglipProcessor pad every text to exactly max_length
    (processor defaults are taken from tokenizer init kwargs; Infinity does not pass this one),
    giving embeddings identical to transformers 5 with ``padding="max_length"``.
+5. Attention mask (dropped by default, ``--keep-attention-mask`` / ``keep_attention_mask=True`` to
+   keep): Infinity passes the tokenizer's attention_mask to ``get_text_features``; the original
+   SigLIP (big_vision) uses no text mask. ``model_input_names=["input_ids"]`` in
+   tokenizer_config.json stops the tokenizer from returning one, so Infinity's text vectors equal
+   ``model.get_text_features(input_ids=...)`` on max_length-padded ids.
 """
 
 from __future__ import annotations
@@ -52,7 +57,8 @@ _PROCESSOR_SUBCONFIG_FILES = {
 
 def _load(path: Path) -> dict[str, Any]:
     with path.open(encoding="utf-8") as fh:
-        return json.load(fh)
+        data: dict[str, Any] = json.load(fh)
+    return data
 
 
 def _dump(path: Path, data: dict[str, Any]) -> None:
@@ -86,7 +92,7 @@ def _fix_processor(dst: Path) -> None:
         _dump(proc_path, proc)
 
 
-def _fix_tokenizer(dst: Path, pad_to: int | None) -> None:
+def _fix_tokenizer(dst: Path, pad_to: int | None, keep_attention_mask: bool) -> None:
     tok_path = dst / "tokenizer_config.json"
     if not tok_path.exists():
         return
@@ -119,6 +125,8 @@ def _fix_tokenizer(dst: Path, pad_to: int | None) -> None:
             tok["additional_special_tokens"] = additional
     if pad_to:
         tok["pad_to_multiple_of"] = int(pad_to)
+    if not keep_attention_mask:
+        tok["model_input_names"] = ["input_ids"]
     _dump(tok_path, tok)
 
 
@@ -138,7 +146,7 @@ def _fix_model_config(dst: Path) -> int | None:
     return cfg.get("max_length")
 
 
-def make_infinity_copy(src_dir: Path, dst_dir: Path, pad_fix: bool = True) -> None:
+def make_infinity_copy(src_dir: Path, dst_dir: Path, pad_fix: bool = True, keep_attention_mask: bool = False) -> None:
     """Copy ``src_dir`` (a transformers 5.x SigLIP save) to ``dst_dir`` in a 4.x-loadable form."""
     src_dir = Path(src_dir)
     dst_dir = Path(dst_dir)
@@ -149,17 +157,26 @@ def make_infinity_copy(src_dir: Path, dst_dir: Path, pad_fix: bool = True) -> No
     shutil.copytree(src_dir, dst_dir, ignore=shutil.ignore_patterns(".git", ".cache"))
     _fix_processor(dst_dir)
     max_length = _fix_model_config(dst_dir)
-    _fix_tokenizer(dst_dir, pad_to=max_length if pad_fix else None)
+    _fix_tokenizer(dst_dir, pad_to=max_length if pad_fix else None, keep_attention_mask=keep_attention_mask)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    pad_fix = "--no-pad-fix" not in args
-    args = [a for a in args if a != "--no-pad-fix"]
-    if len(args) != 2:
-        print("usage: python bench/infinity_compat.py [--no-pad-fix] SRC DST", file=sys.stderr)
+    flags = {a for a in args if a.startswith("--")}
+    args = [a for a in args if not a.startswith("--")]
+    unknown = flags - {"--no-pad-fix", "--keep-attention-mask"}
+    if len(args) != 2 or unknown:
+        print(
+            "usage: python bench/infinity_compat.py [--no-pad-fix] [--keep-attention-mask] SRC DST",
+            file=sys.stderr,
+        )
         return 2
-    make_infinity_copy(Path(args[0]), Path(args[1]), pad_fix=pad_fix)
+    make_infinity_copy(
+        Path(args[0]),
+        Path(args[1]),
+        pad_fix="--no-pad-fix" not in flags,
+        keep_attention_mask="--keep-attention-mask" in flags,
+    )
     print(f"wrote Infinity-compatible copy to {args[1]}")
     return 0
 

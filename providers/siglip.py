@@ -46,6 +46,11 @@ class SiglipOptions(BaseModel):
     max_wait_ms: float = Field(default=5.0, ge=0, description="How long a part may wait for batch-mates.")
     max_queue: int = Field(default=1024, ge=1, description="Parts queued before requests are refused (429).")
     preprocess_threads: int = Field(default=2, ge=1)
+    modalities: list[Modality] = Field(
+        default=[Modality.TEXT, Modality.IMAGE],
+        description="Serve only some towers, e.g. [text] for a text-only endpoint of the same space.",
+        min_length=1,
+    )
 
 
 class SiglipEncoder:
@@ -133,7 +138,7 @@ class SiglipProvider:
     @property
     def info(self) -> ProviderInfo:
         return ProviderInfo(
-            modalities=frozenset({Modality.TEXT, Modality.IMAGE}),
+            modalities=frozenset(self.options.modalities),
             dimension=self.encoder.dimension,
             max_batch_size=self.options.max_batch_size,
             fuses_parts=True,

