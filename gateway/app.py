@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from litestar import Litestar
 from litestar.datastructures import State
 
+from gateway import metrics
 from gateway.api import EXCEPTION_HANDLERS, ROUTES
 from gateway.config import Settings
 from gateway.images import ImageLoader
@@ -48,17 +49,21 @@ def create_app(settings: Settings, models: Sequence[ServedModel] | None = None) 
         await asyncio.to_thread(load_models, served)
         for model in served:
             await model.provider.start()
+        collector = metrics.register(served)
         app.state.ready = True
         try:
             yield
         finally:
             app.state.ready = False
+            metrics.unregister(collector)
             for model in served:
                 await model.provider.close()
             await images.aclose()
 
+    prometheus = metrics.prometheus_config()
     return Litestar(
-        route_handlers=ROUTES,
+        route_handlers=[*ROUTES, metrics.MetricsController],
+        middleware=[prometheus.middleware],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],
         state=state,

@@ -39,13 +39,15 @@ def serve(settings: Settings) -> int:
         models = build_models(settings)
     except (KeyError, ValidationError) as exc:
         return _fail(f"invalid model config: {exc}")
+    # The hub client logs each failed attempt; the one line below says it all.
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
     for model in models:
         try:
             load_models([model])
         except ModelLoadError as exc:
             source = model.settings.provider_options.get("model", "?")
             return _fail(
-                f"could not load model '{model.name}' (provider {model.settings.provider}) from '{source}': {exc}. "
+                f"could not load model '{model.name}' (provider {model.settings.provider}) from '{source}': {str(exc).rstrip('.')}. "
                 "Offline? Download the checkpoint elsewhere and set `model:` in the config to its local directory."
             )
     app = create_app(settings, models)

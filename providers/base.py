@@ -14,7 +14,7 @@ Errors a provider may raise::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
@@ -149,4 +149,8 @@ class EmbeddingProvider(Protocol):
 
     async def embed(self, items: Sequence[Item], options: EmbedOptions) -> EmbedResult:
         """Embed `items`; return normalised vectors in the same order."""
+        ...
+
+    def stats(self) -> Mapping[str, float]:
+        """Counters and gauges for /metrics, e.g. `parts_total`, `batches_total`, `queued`."""
         ...

@@ -23,7 +23,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from providers.base import Modality, Overloaded, Part, Vectors
+from providers.base import Modality, Overloaded, Part, ProviderError, Vectors
 
 Features = dict[str, torch.Tensor]
 logger = logging.getLogger(__name__)
@@ -181,9 +181,10 @@ class BatchingEngine:
             vectors = await loop.run_in_executor(self._forward_pool, self._encoder.forward, modality, batch)
         except Exception as exc:  # a failing forward fails its batch, never the engine
             logger.exception("forward pass failed on model %s", self._name)
+            error = ProviderError(f"forward pass failed ({type(exc).__name__}: {exc})")
             for job in jobs:
                 if not job.future.done():
-                    job.future.set_exception(exc)
+                    job.future.set_exception(error)
             return
         self.batches_run += 1
         self.parts_run += len(jobs)

@@ -8,7 +8,7 @@ its parts' normalised vectors, so text and image live in one space.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -162,6 +162,12 @@ class SiglipProvider:
     async def close(self) -> None:
         if self._engine is not None:
             await self._engine.close()
+
+    def stats(self) -> Mapping[str, float]:
+        engine = self._engine
+        if engine is None:
+            return {}
+        return {"parts_total": engine.parts_run, "batches_total": engine.batches_run, "queued": engine.queued}
 
     async def embed(self, items: Sequence[Item], options: EmbedOptions) -> EmbedResult:
         parts: list[Part] = [part for item in items for part in item.parts]

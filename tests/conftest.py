@@ -30,7 +30,11 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("models")
-    return {"siglip": build_siglip(root / "siglip"), "siglip2": build_siglip2(root / "siglip2")}
+    return {
+        "siglip": build_siglip(root / "siglip"),
+        "siglip2": build_siglip2(root / "siglip2"),
+        "siglip-wide": build_siglip(root / "siglip-wide", width=384, layers=6),  # slow enough to queue work
+    }
 
 
 @pytest.fixture(scope="session")
@@ -50,6 +54,7 @@ def gateway_config(model_dirs: dict[str, Path]) -> dict[str, Any]:
             {"name": "siglip-text", "provider": "siglip", "model": siglip, "modalities": ["text"]},
             {"name": "siglip-vision", "provider": "siglip", "model": siglip, "modalities": ["image"]},
             {"name": "siglip-small-queue", "provider": "siglip", "model": siglip, "max_queue": 4},
+            {"name": "siglip-wide", "provider": "siglip", "model": str(model_dirs["siglip-wide"]), "max_batch_size": 4},
         ],
         "images": {"allowed_private_networks": ["127.0.0.1/32"], "max_bytes": 200_000, "fetch_timeout_s": 2},
         "log_level": "warning",

@@ -39,6 +39,10 @@ TINY_TEXT = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
 TINY_VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
 
 
+def _size(width: int, layers: int) -> dict[str, int]:
+    return {"hidden_size": width, "intermediate_size": 2 * width, "num_hidden_layers": layers}
+
+
 def _train_sentencepiece(directory: Path, vocab_size: int) -> Path:
     import sentencepiece as spm
 
@@ -63,7 +67,9 @@ def _train_sentencepiece(directory: Path, vocab_size: int) -> Path:
     return path
 
 
-def build_siglip(directory: Path, *, seed: int = 0, image_size: int = 32, base: bool = False) -> Path:
+def build_siglip(
+    directory: Path, *, seed: int = 0, image_size: int = 32, base: bool = False, width: int = 32, layers: int = 2
+) -> Path:
     """Save a SigLIP checkpoint (model, SentencePiece tokenizer, image processor) to `directory`."""
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer = SiglipTokenizer(vocab_file=str(_train_sentencepiece(directory, 96)), model_max_length=64)
@@ -72,8 +78,8 @@ def build_siglip(directory: Path, *, seed: int = 0, image_size: int = 32, base: 
         config = SiglipConfig(text_config={"vocab_size": vocab}, vision_config={"image_size": 224, "patch_size": 16})
     else:
         config = SiglipConfig(
-            text_config={**TINY_TEXT, "vocab_size": vocab, "max_position_embeddings": 64},
-            vision_config={**TINY_VISION, "image_size": image_size, "patch_size": 8},
+            text_config={**TINY_TEXT, **_size(width, layers), "vocab_size": vocab, "max_position_embeddings": 64},
+            vision_config={**TINY_VISION, **_size(width, layers), "image_size": image_size, "patch_size": 8},
         )
     torch.manual_seed(seed)
     SiglipModel(config).eval().save_pretrained(directory)

@@ -1,0 +1,54 @@
+"""Prometheus metrics: per-route request counts and latency (Litestar's middleware) plus
+what each model's provider reports (parts computed, batches run, queue depth)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from gateway.router import ServedModel
+
+PROVIDER_METRICS = {
+    "parts_total": ("gateway_model_parts", "Inputs (text or image parts) a model has computed.", CounterMetricFamily),
+    "batches_total": ("gateway_model_batches", "Forward passes a model has run.", CounterMetricFamily),
+    "queued": ("gateway_model_queued", "Inputs admitted and not yet answered.", GaugeMetricFamily),
+}
+
+
+class ProviderCollector(Collector):
+    """Reads `stats()` of every served model at scrape time."""
+
+    def __init__(self, models: Iterable[ServedModel]) -> None:
+        self.models = list(models)
+
+    def collect(self) -> Iterator[Metric]:
+        for key, (name, documentation, family_type) in PROVIDER_METRICS.items():
+            family = family_type(name, documentation, labels=["model"])
+            for model in self.models:
+                value = model.provider.stats().get(key)
+                if value is not None:
+                    family.add_metric([model.name], value)
+            yield family
+
+
+def prometheus_config() -> PrometheusConfig:
+    return PrometheusConfig(app_name="embeddings-gateway", prefix="gateway", group_path=True, exclude=["/metrics"])
+
+
+class MetricsController(PrometheusController):
+    """`GET /metrics` in the Prometheus text format."""
+
+    path = "/metrics"
+
+
+def register(models: Iterable[ServedModel]) -> Collector:
+    collector = ProviderCollector(models)
+    REGISTRY.register(collector)
+    return collector
+
+
+def unregister(collector: Collector) -> None:
+    REGISTRY.unregister(collector)

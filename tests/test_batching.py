@@ -1,0 +1,115 @@
+"""The batching engine: merges concurrent work, bounds its queue, drops cancelled work."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+
+import numpy as np
+import pytest
+import torch
+
+from providers.base import Modality, Overloaded, Part, ProviderError, Text, Vectors
+from providers.batching import BatchingEngine, Features, Prepared
+
+DIMENSION = 13
+
+
+class RecordingEncoder:
+    """A deterministic `LocalEncoder`: a text's vector is a one-hot of its length; batches are recorded."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.fail_next = False
+
+    def prepare(self, part: Part) -> Prepared:
+        assert isinstance(part, Text)
+        return Prepared(Modality.TEXT, {"length": torch.tensor([[len(part.text)]])}, len(part.text))
+
+    def forward(self, modality: Modality, batch: Features) -> Vectors:
+        self.gate.wait(10)
+        lengths = [int(v) for v in batch["length"][:, 0]]
+        self.batches.append(lengths)
+        if self.fail_next:
+            self.fail_next = False
+            raise RuntimeError("CUDA error: out of memory")
+        vectors = np.zeros((len(lengths), DIMENSION), dtype=np.float32)
+        vectors[np.arange(len(lengths)), np.array(lengths) % DIMENSION] = 1.0
+        return vectors
+
+
+def expected(text: str) -> np.ndarray:
+    row = np.zeros(DIMENSION, dtype=np.float32)
+    row[len(text) % DIMENSION] = 1.0
+    return row
+
+
+@pytest.fixture
+def encoder() -> RecordingEncoder:
+    return RecordingEncoder()
+
+
+@pytest.fixture
+async def engine(encoder: RecordingEncoder) -> AsyncIterator[BatchingEngine]:
+    engine = BatchingEngine(encoder, name="test", max_batch_size=8, max_wait_s=0.02, max_queue=20)
+    await engine.start()
+    yield engine
+    await engine.close()
+
+
+async def test_concurrent_requests_merge_into_micro_batches(engine: BatchingEngine, encoder: RecordingEncoder) -> None:
+    texts = ["x" * n for n in range(1, 17)]
+    results = await asyncio.gather(*(engine.encode([Text(t)]) for t in texts))
+    for text, (vectors, tokens) in zip(texts, results, strict=True):
+        np.testing.assert_array_equal(vectors[0], expected(text))
+        assert tokens == [len(text)]
+    assert sum(len(b) for b in encoder.batches) == 16
+    assert len(encoder.batches) <= 4  # 16 single-part requests, batches of at most 8
+    assert max(len(b) for b in encoder.batches) == 8
+
+
+async def test_order_is_kept_within_a_request(engine: BatchingEngine) -> None:
+    texts = [Text("a" * n) for n in (5, 1, 9, 3)]
+    vectors, _ = await engine.encode(texts)
+    np.testing.assert_array_equal(vectors, np.stack([expected(t.text) for t in texts]))
+
+
+async def test_full_queue_refuses_fast(engine: BatchingEngine, encoder: RecordingEncoder) -> None:
+    encoder.gate.clear()  # hold the forward pass so work piles up
+    first = asyncio.create_task(engine.encode([Text("a")] * 15))
+    await asyncio.sleep(0.05)
+    with pytest.raises(Overloaded) as refused:
+        await engine.encode([Text("b")] * 6)
+    assert refused.value.retry_after > 0
+    encoder.gate.set()
+    vectors, _ = await first
+    assert vectors.shape == (15, DIMENSION)
+    assert engine.queued == 0
+    vectors, _ = await engine.encode([Text("b")] * 6)  # capacity is back
+    assert vectors.shape == (6, DIMENSION)
+
+
+async def test_cancelled_request_leaves_nothing_queued(engine: BatchingEngine, encoder: RecordingEncoder) -> None:
+    encoder.gate.clear()
+    running = asyncio.create_task(engine.encode([Text("r" * 4)] * 8))  # fills one batch, held in forward
+    await asyncio.sleep(0.05)
+    abandoned = asyncio.create_task(engine.encode([Text("z" * 7)] * 10))
+    await asyncio.sleep(0.05)
+    abandoned.cancel()
+    await asyncio.gather(abandoned, return_exceptions=True)
+    encoder.gate.set()
+    await running
+    await engine.encode([Text("after")])
+    assert all(length != 7 for batch in encoder.batches for length in batch)
+    assert engine.queued == 0
+
+
+async def test_failing_forward_fails_its_batch_only(engine: BatchingEngine, encoder: RecordingEncoder) -> None:
+    encoder.fail_next = True
+    with pytest.raises(ProviderError, match="out of memory"):
+        await engine.encode([Text("boom")])
+    vectors, _ = await engine.encode([Text("fine")])
+    np.testing.assert_array_equal(vectors[0], expected("fine"))
