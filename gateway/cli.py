@@ -39,15 +39,20 @@ def serve(settings: Settings) -> int:
         models = build_models(settings)
     except (KeyError, ValidationError) as exc:
         return _fail(f"invalid model config: {exc}")
-    # The hub client logs each failed attempt; the one line below says it all.
-    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+    # The hub client and transformers log each failed attempt; the one line below says it all.
+    from huggingface_hub.utils import logging as hub_logging
+    from transformers.utils import logging as transformers_logging
+
+    hub_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    transformers_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
     for model in models:
         try:
             load_models([model])
         except ModelLoadError as exc:
             source = model.settings.provider_options.get("model", "?")
+            reason = str(exc).rstrip(".")
             return _fail(
-                f"could not load model '{model.name}' (provider {model.settings.provider}) from '{source}': {str(exc).rstrip('.')}. "
+                f"could not load model '{model.name}' (provider {model.settings.provider}) from '{source}': {reason}. "
                 "Offline? Download the checkpoint elsewhere and set `model:` in the config to its local directory."
             )
     app = create_app(settings, models)
