@@ -11,6 +11,7 @@ from litestar import Request, Response, get, post
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 
+from gateway.cache import CachePolicy
 from gateway.encoding import embedding_body
 from gateway.errors import GatewayError
 from gateway.schema import parse_request
@@ -53,8 +54,10 @@ async def create_embeddings(request: Request[Any, Any, State], state: State) -> 
     """OpenAI's `POST /v1/embeddings`, extended with image and interleaved inputs."""
     service: EmbeddingService = state.service
     embed_request = parse_request(await request.body(), request.headers.get("content-type", ""))
-    result = await cancel_on_disconnect(request, service.embed(embed_request))
-    return Response(embedding_body(result, embed_request.encoding_format), media_type=JSON)
+    policy = CachePolicy.from_header(request.headers.get("cache-control"))
+    result = await cancel_on_disconnect(request, service.embed(embed_request, policy))
+    headers = {"X-Cache-Hits": str(result.cache_hits), "X-Cache-Misses": str(result.cache_misses)}
+    return Response(embedding_body(result, embed_request.encoding_format), media_type=JSON, headers=headers)
 
 
 def _model_card(model: Any, created: int) -> dict[str, Any]:

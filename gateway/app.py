@@ -13,11 +13,13 @@ from litestar.datastructures import State
 
 from gateway import metrics
 from gateway.api import EXCEPTION_HANDLERS, ROUTES
+from gateway.cache import VectorCache
 from gateway.config import Settings
 from gateway.images import ImageLoader
 from gateway.inputs import InputResolver
 from gateway.router import Router, ServedModel
 from gateway.service import EmbeddingService
+from gateway.stores import MemoryStore, RedisStore, TieredStore, VectorStore
 from gateway.tokens import TokenDecoder
 from providers.registry import create_provider
 
@@ -27,6 +29,22 @@ logger = logging.getLogger(__name__)
 def build_models(settings: Settings) -> list[ServedModel]:
     """One provider per configured model; nothing is loaded yet."""
     return [ServedModel(m, create_provider(m.provider, m.provider_options, name=m.name)) for m in settings.models]
+
+
+def build_store(settings: Settings) -> VectorStore:
+    """Memory only by default; Redis when configured, with memory as its L1 unless memory_mb is 0."""
+    cache = settings.cache
+    memory = MemoryStore(int(cache.memory_mb * 1024 * 1024))
+    if settings.redis_url is None:
+        return memory
+    redis = RedisStore(
+        settings.redis_url.get_secret_value(),
+        ttl_s=cache.ttl_s,
+        timeout_s=cache.redis_timeout_s,
+        retry_after_s=cache.redis_retry_after_s,
+        cluster=cache.redis_cluster,
+    )
+    return TieredStore(memory, redis) if cache.memory_mb > 0 else redis
 
 
 def load_models(models: Sequence[ServedModel]) -> None:
@@ -45,11 +63,13 @@ def create_app(settings: Settings, models: Sequence[ServedModel] | None = None) 
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         images = ImageLoader(settings.images)
         resolver = InputResolver(images, TokenDecoder(settings.token_encoding))
-        app.state.service = EmbeddingService(Router(served), resolver, max_inputs=settings.max_inputs)
+        store = build_store(settings)
+        cache = VectorCache(store, prefix=settings.cache.key_prefix)
+        app.state.service = EmbeddingService(Router(served), resolver, cache, max_inputs=settings.max_inputs)
         await asyncio.to_thread(load_models, served)
         for model in served:
             await model.provider.start()
-        collector = metrics.register(served)
+        collector = metrics.register(served, cache)
         app.state.ready = True
         try:
             yield
@@ -59,6 +79,7 @@ def create_app(settings: Settings, models: Sequence[ServedModel] | None = None) 
             for model in served:
                 await model.provider.close()
             await images.aclose()
+            await store.aclose()
 
     prometheus = metrics.prometheus_config()
     return Litestar(

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -54,6 +54,21 @@ class ImageSettings(BaseModel):
     )
 
 
+class CacheSettings(BaseModel):
+    """The per-item vector cache."""
+
+    memory_mb: float = Field(
+        default=256, ge=0, description="In-process cache size; with Redis, the L1 in front of it. 0 turns it off."
+    )
+    ttl_s: int | None = Field(default=None, gt=0, description="Expiry of Redis entries; None keeps them.")
+    key_prefix: str = Field(default="emb:", description="Prefix of every Redis key.")
+    redis_cluster: bool = Field(default=False, description="Use redis-py's cluster client for `redis_url`.")
+    redis_timeout_s: float = Field(default=0.25, gt=0, description="Socket timeout: a slow Redis becomes a miss.")
+    redis_retry_after_s: float = Field(
+        default=1.0, ge=0, description="Pause before trying Redis again after a failure."
+    )
+
+
 class Settings(BaseSettings):
     """Everything the gateway reads at start-up."""
 
@@ -69,6 +84,10 @@ class Settings(BaseSettings):
         description="Served models, in the order `/v1/models` lists them.",
     )
     images: ImageSettings = Field(default_factory=ImageSettings)
+    redis_url: SecretStr | None = Field(
+        default=None, description="redis://[:password@]host:6379/0 (GATEWAY_REDIS_URL); None: in-process cache only."
+    )
+    cache: CacheSettings = Field(default_factory=CacheSettings)
     max_inputs: int = Field(default=2048, ge=1, description="Items per request (OpenAI's limit).")
     max_request_bytes: int = Field(default=64 * 1024 * 1024, description="Largest request body (base64 images).")
     token_encoding: str = Field(

@@ -15,6 +15,7 @@ import io
 import ipaddress
 import socket
 import warnings
+from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
 import httpx
@@ -84,6 +85,15 @@ def parse_data_uri(uri: str, *, param: str) -> bytes:
     return decode_base64(payload, param=param)
 
 
+@dataclass(frozen=True, slots=True)
+class EncodedImage:
+    """Image bytes as received, not yet decoded: enough to hash (and so to look up a cache)."""
+
+    data: bytes
+    sha256: str
+    param: str
+
+
 class ImageLoader:
     """Fetches and decodes images under the configured limits."""
 
@@ -100,8 +110,12 @@ class ImageLoader:
         if self._owns_client:
             await self._client.aclose()
 
-    async def load(self, source: str, *, param: str) -> Image:
-        """Decode `source` (URL, data URI or bare base64) into an `Image`."""
+    async def decode(self, image: EncodedImage) -> Image:
+        """Decode on a worker thread: PIL work never runs on the event loop."""
+        return await asyncio.to_thread(decode_image, image.data, max_pixels=self.settings.max_pixels, param=image.param)
+
+    async def load(self, source: str, *, param: str) -> EncodedImage:
+        """The bytes behind `source` (URL, data URI or bare base64), size-checked and hashed."""
         scheme = urlsplit(source).scheme.lower() if "://" in source[:16] or source.startswith("data:") else ""
         if scheme in ("http", "https"):
             data = await self.fetch(source, param=param)
@@ -121,7 +135,9 @@ class ImageLoader:
                 param=param,
                 code="image_too_large",
             )
-        return await asyncio.to_thread(decode_image, data, max_pixels=self.settings.max_pixels, param=param)
+        if not data:
+            raise InvalidRequest(f"{param} is empty", param=param, code="invalid_image")
+        return EncodedImage(data, hashlib.sha256(data).hexdigest(), param)
 
     async def fetch(self, url: str, *, param: str) -> bytes:
         """GET `url` with the SSRF guard checked on every hop."""

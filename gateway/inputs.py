@@ -13,13 +13,14 @@ item 0's image is fetched); `InputResolver.resolve` decodes tokens and loads ima
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from gateway.errors import InvalidRequest
-from gateway.images import ImageLoader
+from gateway.images import EncodedImage, ImageLoader
 from gateway.tokens import TokenDecoder
-from providers.base import Item, Modality, Part, Text
+from providers.base import Item, Modality, Text
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,15 +160,22 @@ def parse_input(value: Any, *, max_items: int) -> list[ItemSpec]:
     return [_item(v, f"input[{i}]") for i, v in enumerate(value)]
 
 
+@dataclass(frozen=True, slots=True)
+class ResolvedItem:
+    """An item whose texts are final and whose images are fetched and hashed, not yet decoded."""
+
+    parts: tuple[Text | EncodedImage, ...]
+
+
 class InputResolver:
-    """Resolves specs into `Item`s: token ids decoded, images fetched and decoded once each."""
+    """Resolves specs: token ids decoded, images fetched once each; decoding waits for `decode`."""
 
     def __init__(self, images: ImageLoader, tokens: TokenDecoder) -> None:
         self.images = images
         self.tokens = tokens
 
-    async def resolve(self, specs: list[ItemSpec]) -> list[Item]:
-        parts: dict[int, Part] = {}
+    async def resolve(self, specs: list[ItemSpec]) -> list[ResolvedItem]:
+        parts: dict[int, Text | EncodedImage] = {}
         image_specs: list[PartSpec] = []
         for spec in specs:
             for part in spec.parts:
@@ -184,4 +192,14 @@ class InputResolver:
             if isinstance(result, BaseException):  # the first failure in input order names its element
                 raise result
             parts[id(part)] = result
-        return [Item(tuple(parts[id(part)] for part in spec.parts)) for spec in specs]
+        return [ResolvedItem(tuple(parts[id(part)] for part in spec.parts)) for spec in specs]
+
+    async def decode(self, items: Sequence[ResolvedItem]) -> list[Item]:
+        """Decode the images of `items` (only those about to be computed) into model-ready parts."""
+        encoded = {id(p): p for item in items for p in item.parts if isinstance(p, EncodedImage)}
+        decoded = await asyncio.gather(*(self.images.decode(p) for p in encoded.values()), return_exceptions=True)
+        for result in decoded:
+            if isinstance(result, BaseException):
+                raise result
+        images = dict(zip(encoded, decoded, strict=True))
+        return [Item(tuple(p if isinstance(p, Text) else images[id(p)] for p in item.parts)) for item in items]  # type: ignore[misc]

@@ -9,6 +9,7 @@ from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from gateway.cache import VectorCache
 from gateway.router import ServedModel
 
 PROVIDER_METRICS = {
@@ -19,12 +20,21 @@ PROVIDER_METRICS = {
 
 
 class ProviderCollector(Collector):
-    """Reads `stats()` of every served model at scrape time."""
+    """Reads `stats()` of every served model, and the cache's counters, at scrape time."""
 
-    def __init__(self, models: Iterable[ServedModel]) -> None:
+    def __init__(self, models: Iterable[ServedModel], cache: VectorCache) -> None:
         self.models = list(models)
+        self.cache = cache
 
     def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily("gateway_cache_hits", "Items answered from the cache.", value=self.cache.hits)
+        yield CounterMetricFamily("gateway_cache_misses", "Items computed.", value=self.cache.misses)
+        store = self.cache.store.stats()
+        if "redis_errors" in store:
+            yield CounterMetricFamily("gateway_redis_errors", "Failed Redis calls.", value=store["redis_errors"])
+            yield GaugeMetricFamily("gateway_redis_up", "1 while Redis is in use.", value=store["redis_up"])
+        if "memory_entries" in store:
+            yield GaugeMetricFamily("gateway_cache_memory_bytes", "In-process cache size.", value=store["memory_bytes"])
         for key, (name, documentation, family_type) in PROVIDER_METRICS.items():
             family = family_type(name, documentation, labels=["model"])
             for model in self.models:
@@ -44,8 +54,8 @@ class MetricsController(PrometheusController):
     path = "/metrics"
 
 
-def register(models: Iterable[ServedModel]) -> Collector:
-    collector = ProviderCollector(models)
+def register(models: Iterable[ServedModel], cache: VectorCache) -> Collector:
+    collector = ProviderCollector(models, cache)
     REGISTRY.register(collector)
     return collector
 

@@ -101,6 +101,9 @@ class ProviderInfo:
     modalities: frozenset[Modality]
     dimension: int
     max_batch_size: int
+    space: str = field(default="")
+    """Everything that decides the vectors (family, weights identity, precision, preprocessing).
+    Two deployments with equal `space` produce interchangeable vectors; caches key on it."""
     fuses_parts: bool = field(default=False)
 
 

@@ -29,6 +29,7 @@ from providers.base import (
     Vectors,
 )
 from providers.batching import BatchingEngine, Features, Prepared
+from providers.fingerprint import checkpoint_identity
 from providers.torch_device import resolve_device, resolve_dtype
 
 
@@ -72,6 +73,9 @@ class SiglipEncoder:
         self.model = model.to(self.device).eval()
         self.tokenizer = processor.tokenizer
         self.image_processor = processor.image_processor
+        self.identity = checkpoint_identity(
+            options.model, options.revision, getattr(model.config, "_commit_hash", None)
+        )
         vision = self.model.config.vision_config
         self._patches_per_image = (vision.image_size // vision.patch_size) ** 2 if hasattr(vision, "image_size") else 0
         # A probe pass proves the checkpoint runs and tells the dimension of its space.
@@ -141,6 +145,7 @@ class SiglipProvider:
             modalities=frozenset(self.options.modalities),
             dimension=self.encoder.dimension,
             max_batch_size=self.options.max_batch_size,
+            space=f"siglip|{self.encoder.identity}|{self.encoder.dtype}|text_max_length={self.options.text_max_length}",
             fuses_parts=True,
         )
 

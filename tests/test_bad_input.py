@@ -116,7 +116,7 @@ CASES: list[tuple[str, dict[str, Any], int, str, str | None]] = [
     ("number item", {"input": ["a", 3.5]}, 400, "invalid_input", "input[1]"),
     ("bad input_type", {"input_type": "passage"}, 400, "invalid_value", "input_type"),
     ("bad task", {"task": "classification"}, 400, "invalid_value", "task"),
-    ("over-full queue", {"model": "siglip-small-queue", "input": ["a"] * 5}, 429, "server_overloaded", None),
+    ("over-full queue", {"model": "siglip-small-queue", "input": list("abcde")}, 429, "server_overloaded", None),
 ]
 
 

@@ -1,0 +1,196 @@
+"""Where cached vectors live: one small interface, three implementations.
+
+- `MemoryStore`: bounded in-process LRU (by bytes); the embedded default, and the L1.
+- `RedisStore`: redis-py asyncio (or its cluster client): one MGET per lookup, pipelined SETs.
+  Every Redis failure is swallowed here: a lookup becomes all-miss, a store is skipped, a
+  warning is logged and counted, and Redis is left alone for `retry_after_s` before the
+  next try, so a dead or slow Redis costs at most one timeout per window.
+- `TieredStore`: memory in front of Redis; Redis hits are copied into memory.
+All three pass one contract suite (tests/test_stores.py).
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+logger = logging.getLogger(__name__)
+
+
+class VectorStore(abc.ABC):
+    """Bytes by key; never raises on backend failure."""
+
+    @abc.abstractmethod
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """Values for `keys`, None where absent or unavailable."""
+
+    @abc.abstractmethod
+    async def set_many(self, entries: Mapping[str, bytes]) -> None:
+        """Store `entries`, best effort."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Release connections."""
+
+    @abc.abstractmethod
+    def stats(self) -> dict[str, float]:
+        """Gauges and counters for /metrics."""
+
+
+class MemoryStore(VectorStore):
+    """An LRU bounded by the bytes of its values (plus key overhead)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[str, bytes] = OrderedDict()
+        self._size = 0
+
+    @staticmethod
+    def _cost(key: str, value: bytes) -> int:
+        return len(key) + len(value) + 64
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        values = []
+        for key in keys:
+            value = self._entries.get(key)
+            if value is not None:
+                self._entries.move_to_end(key)
+            values.append(value)
+        return values
+
+    async def set_many(self, entries: Mapping[str, bytes]) -> None:
+        for key, value in entries.items():
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._size -= self._cost(key, old)
+            cost = self._cost(key, value)
+            if cost > self.max_bytes:
+                continue
+            self._entries[key] = value
+            self._size += cost
+        while self._size > self.max_bytes:
+            key, value = self._entries.popitem(last=False)
+            self._size -= self._cost(key, value)
+
+    async def aclose(self) -> None:
+        self._entries.clear()
+        self._size = 0
+
+    def stats(self) -> dict[str, float]:
+        return {"memory_entries": len(self._entries), "memory_bytes": self._size}
+
+
+class RedisStore(VectorStore):
+    """Redis (or Redis Cluster) with fail-soft semantics."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        ttl_s: int | None = None,
+        timeout_s: float = 0.25,
+        retry_after_s: float = 1.0,
+        cluster: bool = False,
+    ) -> None:
+        # One quick retry covers connections left stale by a Redis restart; more would stall requests.
+        options: dict[str, Any] = {
+            "socket_timeout": timeout_s,
+            "socket_connect_timeout": timeout_s,
+            "retry": Retry(NoBackoff(), 1),
+        }
+        self._client: Redis | RedisCluster
+        if cluster:
+            self._client = RedisCluster.from_url(url, **options)
+        else:
+            self._client = Redis.from_url(url, **options, health_check_interval=30)
+        self._cluster = cluster
+        self.ttl_s = ttl_s
+        self.retry_after_s = retry_after_s
+        self._down_until = 0.0
+        self.errors = 0
+
+    @property
+    def available(self) -> bool:
+        return time.monotonic() >= self._down_until
+
+    def _failed(self, operation: str, exc: Exception) -> None:
+        self.errors += 1
+        self._down_until = time.monotonic() + self.retry_after_s
+        logger.warning(
+            "redis %s failed (%s: %s); serving without it for %.1fs",
+            operation,
+            type(exc).__name__,
+            exc,
+            self.retry_after_s,
+        )
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        if not keys or not self.available:
+            return [None] * len(keys)
+        try:
+            if isinstance(self._client, RedisCluster):
+                values = await self._client.mget_nonatomic(list(keys))
+            else:
+                values = await self._client.mget(list(keys))
+        except (redis_errors.RedisError, OSError) as exc:
+            self._failed("MGET", exc)
+            return [None] * len(keys)
+        return [v if isinstance(v, bytes) else None for v in values]
+
+    async def set_many(self, entries: Mapping[str, bytes]) -> None:
+        if not entries or not self.available:
+            return
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key, value in entries.items():
+                    pipe.set(key, value, ex=self.ttl_s)
+                await pipe.execute()
+        except (redis_errors.RedisError, OSError) as exc:
+            self._failed("SET", exc)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    def stats(self) -> dict[str, float]:
+        return {"redis_errors": self.errors, "redis_up": float(self.available)}
+
+
+class TieredStore(VectorStore):
+    """An in-process L1 in front of a shared L2 (Redis)."""
+
+    def __init__(self, l1: MemoryStore, l2: VectorStore) -> None:
+        self.l1 = l1
+        self.l2 = l2
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        values = await self.l1.get_many(keys)
+        missing = [i for i, v in enumerate(values) if v is None]
+        if missing:
+            found = await self.l2.get_many([keys[i] for i in missing])
+            backfill = {}
+            for i, value in zip(missing, found, strict=True):
+                if value is not None:
+                    values[i] = value
+                    backfill[keys[i]] = value
+            await self.l1.set_many(backfill)
+        return values
+
+    async def set_many(self, entries: Mapping[str, bytes]) -> None:
+        await self.l1.set_many(entries)
+        await self.l2.set_many(entries)
+
+    async def aclose(self) -> None:
+        await self.l2.aclose()
+
+    def stats(self) -> dict[str, float]:
+        return {**self.l1.stats(), **self.l2.stats()}
