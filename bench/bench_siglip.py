@@ -48,7 +48,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -259,15 +259,36 @@ def make_image(rng: np.random.Generator, width: int = 640, height: int = 480) ->
 
 @dataclass
 class Inputs:
+    """Texts and images; `text(k)` / `image_uri(k)` give a distinct input for every k.
+
+    Every request of a load run carries inputs never sent before, so the gateway's vector cache
+    (on by default) can only miss: images get a unique trailer after the JPEG's end marker
+    (decoders ignore it; the bytes, and so the content hash, differ), texts a unique suffix.
+    """
+
     texts: list[str]
-    jpegs: list[bytes]
+    jpegs: list[bytes]  # padded with zeros to a multiple of 3 bytes, so base64 strings concatenate
     pictures: list[Image.Image]  # decoded RGB, for the raw side
     data_uris: list[str]
+    nonce: int = field(default_factory=lambda: random.getrandbits(32))
+
+    def text(self, k: int) -> str:
+        return f"{self.texts[k % len(self.texts)]} request {k}"
+
+    def image_uri(self, k: int) -> str:
+        trailer = base64.b64encode(self.nonce.to_bytes(4, "big") + k.to_bytes(8, "big")).decode("ascii")
+        return self.data_uris[k % len(self.data_uris)] + trailer
+
+    def item(self, modality: str, k: int) -> str:
+        return self.image_uri(k) if modality == "image" else self.text(k)
 
 
 def make_inputs(n_texts: int = 512, n_images: int = 48) -> Inputs:
     rng = np.random.default_rng(7)
-    jpegs = [make_image(rng) for _ in range(n_images)]
+    jpegs = []
+    for _ in range(n_images):
+        data = make_image(rng)
+        jpegs.append(data + b"\x00" * (-len(data) % 3))
     pictures = [Image.open(io.BytesIO(data)).convert("RGB") for data in jpegs]
     uris = ["data:image/jpeg;base64," + base64.b64encode(data).decode("ascii") for data in jpegs]
     return Inputs(make_texts(n_texts), jpegs, pictures, uris)
@@ -407,8 +428,8 @@ class ServerSpec:
 
 
 @contextlib.asynccontextmanager
-async def running_server(spec: ServerSpec, workdir: Path, tag: str) -> AsyncIterator[str]:
-    """Start the server, wait until it is ready, yield its base URL, stop it."""
+async def running_server(spec: ServerSpec, workdir: Path, tag: str) -> AsyncIterator[tuple[str, int]]:
+    """Start the server, wait until it is ready, yield its base URL and pid, stop it."""
     port = free_port()
     log_path = workdir / f"{tag}.log"
     env = {**os.environ, **SERVER_ENV}
@@ -431,7 +452,7 @@ async def running_server(spec: ServerSpec, workdir: Path, tag: str) -> AsyncIter
                     raise RuntimeError(f"{spec.side} did not become ready in 300 s, see {log_path}")
                 await asyncio.sleep(0.25)
         log(f"{spec.side} ready on :{port} after {time.monotonic() - started:.1f} s")
-        yield base
+        yield base, process.pid
     finally:
         if process.returncode is None:
             process.terminate()
@@ -465,11 +486,64 @@ def percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=np.float64), q))
 
 
+def _ticks(fields: Sequence[str]) -> float:
+    return sum(int(f) for f in fields) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_s() -> float:
+    """CPU seconds all cores spent busy (user, nice, system, irq, softirq, steal) since boot."""
+    with Path("/proc/stat").open() as stat:
+        fields = stat.readline().split()[1:]
+    return _ticks([fields[0], fields[1], fields[2], fields[5], fields[6], fields[7]])
+
+
+def tree_cpu_s(root: int) -> float:
+    """CPU seconds used by `root` and its descendants (dead children excluded)."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid = int(entry.name)
+        parents[pid] = int(fields[1])
+        times[pid] = _ticks(fields[11:13])
+    total = 0.0
+    for pid, cpu in times.items():
+        node = pid
+        while node > 1 and node != root:
+            node = parents.get(node, 0)
+        if node == root:
+            total += cpu
+    return total
+
+
+class CpuMeter:
+    """How much CPU processes other than ours (this one, the server) took during a measurement."""
+
+    def __init__(self, server_pid: int | None) -> None:
+        self.server_pid = server_pid
+        self.start = self._sample()
+
+    def _sample(self) -> tuple[float, float, float]:
+        ours = tree_cpu_s(os.getpid()) + (tree_cpu_s(self.server_pid) if self.server_pid else 0.0)
+        return time.monotonic(), machine_busy_s(), ours
+
+    def foreign_cores(self) -> float:
+        """Average number of cores busy with foreign work (other sessions' tests, the host)."""
+        end = self._sample()
+        wall = end[0] - self.start[0]
+        return max(0.0, ((end[1] - self.start[1]) - (end[2] - self.start[2])) / max(wall, 1e-6))
+
+
 async def drive_load(
     client: httpx.AsyncClient,
     url: str,
     *,
-    bodies: Sequence[bytes],
+    make_body: Callable[[], bytes],
     items_per_request: int,
     concurrency: int,
     duration: float,
@@ -479,11 +553,11 @@ async def drive_load(
     """Closed-loop load; items/s from the end of the first burst after `warmup` to the drained end."""
     events: list[tuple[float, int, float]] = []  # (completed at, items, latency)
     stop = asyncio.Event()
-    sequence = itertools.count()
     began = time.monotonic()
     window_from: float | None = None
     in_flight = concurrency * items_per_request
     headers = {"content-type": "application/json"}
+    cache_hits = 0
 
     def maybe_stop(now: float) -> None:
         nonlocal window_from
@@ -502,12 +576,14 @@ async def drive_load(
                 stop.set()
 
     async def worker() -> None:
+        nonlocal cache_hits
         while not stop.is_set():
-            body = bodies[next(sequence) % len(bodies)]
+            body = make_body()
             t0 = time.monotonic()
             response = await client.post(url, content=body, headers=headers)
             t1 = time.monotonic()
             check_answer(response, items_per_request, side)
+            cache_hits += int(response.headers.get("x-cache-hits", "0"))
             events.append((t1, items_per_request, t1 - t0))
             maybe_stop(t1)
 
@@ -535,6 +611,7 @@ async def drive_load(
         "latency_p50_ms": 1000 * percentile(latencies, 50),
         "latency_p95_ms": 1000 * percentile(latencies, 95),
         "warmup_s": t_from - began,
+        "cache_hits": cache_hits,
     }
 
 
@@ -564,46 +641,58 @@ class LoadConfig:
         return f"{self.modality}/c{self.concurrency}/n{self.items}"
 
 
-def request_bodies(spec: ServerSpec, inputs: Inputs, config: LoadConfig, count: int = 64) -> list[bytes]:
-    pool = inputs.data_uris if config.modality == "image" else inputs.texts
-    bodies = []
-    for r in range(count):
-        chunk = [pool[(r * config.items + k) % len(pool)] for k in range(config.items)]
-        bodies.append(json.dumps(spec.body(config.modality, chunk)).encode())
-    return bodies
+def body_factory(spec: ServerSpec, inputs: Inputs, config: LoadConfig, counter: Iterator[int]) -> Callable[[], bytes]:
+    """Request bodies with inputs never sent before (`counter` is shared by the whole run)."""
+
+    def make() -> bytes:
+        items = [inputs.item(config.modality, next(counter)) for _ in range(config.items)]
+        return json.dumps(spec.body(config.modality, items)).encode()
+
+    return make
 
 
 async def measure_server(
-    spec: ServerSpec, base: str, inputs: Inputs, configs: Sequence[LoadConfig], *, duration: float, warmup: float
+    spec: ServerSpec,
+    base: str,
+    inputs: Inputs,
+    configs: Sequence[LoadConfig],
+    *,
+    pid: int,
+    counter: Iterator[int],
+    duration: float,
+    warmup: float,
 ) -> dict[str, dict[str, Any]]:
     results: dict[str, dict[str, Any]] = {}
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     async with httpx.AsyncClient(trust_env=False, timeout=httpx.Timeout(300.0), limits=limits) as client:
         url = base + spec.embeddings_path
         for modality in ("image", "text"):  # one warm-up request per tower
-            pool = inputs.data_uris if modality == "image" else inputs.texts
-            body = json.dumps(spec.body(modality, pool[:8])).encode()
+            body = json.dumps(spec.body(modality, [inputs.item(modality, next(counter)) for _ in range(8)])).encode()
             check_answer(
                 await client.post(url, content=body, headers={"content-type": "application/json"}), 8, spec.side
             )
         for config in configs:
-            bodies = request_bodies(spec, inputs, config)
             before = await gateway_counters(client, base) if spec.kind == "gateway" else None
+            meter = CpuMeter(pid)
             result = await drive_load(
                 client,
                 url,
-                bodies=bodies,
+                make_body=body_factory(spec, inputs, config, counter),
                 items_per_request=config.items,
                 concurrency=config.concurrency,
                 duration=duration,
                 warmup=warmup,
                 side=f"{spec.side} {config.key}",
             )
+            result["foreign_cores"] = meter.foreign_cores()
             after = await gateway_counters(client, base) if spec.kind == "gateway" else None
             if before is not None and after is not None and after[1] > before[1]:
                 result["mean_batch"] = (after[0] - before[0]) / (after[1] - before[1])
             results[config.key] = result
             extra = f", mean batch {result['mean_batch']:.1f}" if "mean_batch" in result else ""
+            extra += f", foreign load {result['foreign_cores']:.2f} cores"
+            if result["cache_hits"]:
+                extra += f", {result['cache_hits']} CACHE HITS"
             log(
                 f"  {spec.side:<10} {config.key:<14} {result['rate']:7.2f} items/s "
                 f"(p50 {result['latency_p50_ms']:.0f} ms over {result['span_s']:.1f} s{extra})"
@@ -611,13 +700,13 @@ async def measure_server(
     return results
 
 
-async def idle_latency(spec: ServerSpec, base: str, texts: Sequence[str], count: int) -> list[float]:
+async def idle_latency(spec: ServerSpec, base: str, text: Callable[[], str], count: int) -> list[float]:
     """Milliseconds per single-text request, sequential, on an idle server."""
     samples: list[float] = []
     async with httpx.AsyncClient(trust_env=False, timeout=60) as client:
         url = base + spec.embeddings_path
         for i in range(count + 5):
-            body = json.dumps(spec.body("text", [texts[i % len(texts)]])).encode()
+            body = json.dumps(spec.body("text", [text()])).encode()
             t0 = time.perf_counter()
             response = await client.post(url, content=body, headers={"content-type": "application/json"})
             elapsed = time.perf_counter() - t0
@@ -706,6 +795,9 @@ def summarise(
             if side != "raw":
                 row["latency_p50_ms"] = median([r["latency_p50_ms"] for r in results])
                 row["latency_p95_ms"] = median([r["latency_p95_ms"] for r in results])
+            row["foreign_cores_max"] = max(r.get("foreign_cores", 0.0) for r in results)
+            if side != "raw":
+                row["cache_hits"] = sum(r.get("cache_hits", 0) for r in results)
             batches = [r["mean_batch"] for r in results if "mean_batch" in r]
             if batches:
                 row["mean_batch"] = median(batches)
@@ -729,8 +821,9 @@ def summarise(
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     lines = [
-        "| side | modality | clients x items/req | items/s (median) | per round | / raw limit | p50 / p95 ms | batch |",
-        "|---|---|---|---|---|---|---|---|",
+        "| side | modality | clients x items/req | items/s (median) | per round | / raw limit | p50 / p95 ms "
+        "| mean batch | foreign load |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in sorted(rows, key=lambda r: (r["modality"], r["side"] != "raw", r["side"], r["config"])):
         parts = row["config"].split("/")
@@ -744,7 +837,7 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
         per_round = ", ".join(f"{v:.2f}" for v in row["rounds"])
         lines.append(
             f"| {row['side']} | {row['modality']} | {shape} | {row['items_per_s']:.2f} | {per_round} | "
-            f"{ratio} | {latency} | {batch} |"
+            f"{ratio} | {latency} | {batch} | {row['foreign_cores_max']:.2f} |"
         )
     return "\n".join(lines)
 
@@ -784,6 +877,7 @@ class Plan:
     specs: dict[str, ServerSpec]
     configs: list[LoadConfig]
     raw_batches: list[int]
+    modalities: list[str]
     rounds: int
     duration: float
     warmup: float
@@ -791,7 +885,7 @@ class Plan:
 
     @property
     def raw_keys(self) -> dict[str, list[str]]:
-        return {m: [f"{m}/b{b}" for b in self.raw_batches] for m in ("image", "text")}
+        return {m: [f"{m}/b{b}" for b in self.raw_batches] for m in self.modalities}
 
 
 @dataclass
@@ -799,6 +893,7 @@ class Measurements:
     runs: dict[str, dict[str, list[dict[str, Any]]]]
     latency: dict[str, list[float]] = field(default_factory=dict)
     checks: dict[str, Any] = field(default_factory=dict)
+    counter: Iterator[int] = field(default_factory=itertools.count)
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
@@ -809,9 +904,12 @@ def make_plan(args: argparse.Namespace) -> Plan:
     if "infinity" in sides and not (INFINITY_VENV / "bin" / "infinity_emb").exists():
         raise SystemExit("Infinity is not installed: run `bash bench/setup_infinity.sh` first")
     specs = server_specs(sides, args.gateway_engine or [""])
+    modalities = [m.strip() for m in args.modalities.split(",") if m.strip()]
+    if set(modalities) - {"image", "text"}:
+        raise SystemExit(f"unknown modalities: {modalities}")
     configs = [
         LoadConfig(modality, concurrency, items)
-        for modality in ("image", "text")
+        for modality in modalities
         for concurrency in (int(c) for c in args.concurrency.split(","))
         for items in (int(n) for n in args.items.split(","))
     ]
@@ -820,6 +918,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         specs={s.side: s for s in specs},
         configs=configs,
         raw_batches=[int(b) for b in args.raw_batches.split(",")],
+        modalities=modalities,
         rounds=args.rounds,
         duration=args.duration,
         warmup=args.warmup,
@@ -830,22 +929,30 @@ def make_plan(args: argparse.Namespace) -> Plan:
 def measure_raw_side(raw: RawSiglip, inputs: Inputs, plan: Plan, into: Measurements) -> None:
     for modality, keys in plan.raw_keys.items():
         for key, batch in zip(keys, plan.raw_batches, strict=True):
+            meter = CpuMeter(None)
             result = measure_raw(raw, inputs, modality, batch, plan.duration)
+            result["foreign_cores"] = meter.foreign_cores()
             into.runs["raw"].setdefault(key, []).append(result)
-            log(f"  raw        {key:<14} {result['rate']:7.2f} items/s ({result['batch_s']:.2f} s/batch)")
+            log(
+                f"  raw        {key:<14} {result['rate']:7.2f} items/s ({result['batch_s']:.2f} s/batch, "
+                f"foreign load {result['foreign_cores']:.2f} cores)"
+            )
 
 
 async def measure_server_side(
     spec: ServerSpec, raw: RawSiglip, inputs: Inputs, plan: Plan, into: Measurements, *, tag: str
 ) -> None:
-    async with running_server(spec, RESULTS_DIR / "logs", tag) as base:
+    counter = into.counter
+    async with running_server(spec, RESULTS_DIR / "logs", tag) as (base, pid):
         if spec.side not in into.checks:
             into.checks[spec.side] = await check_vectors(spec, base, raw, inputs)
             log(f"  {spec.side} vectors vs raw: {into.checks[spec.side]}")
-        samples = await idle_latency(spec, base, inputs.texts, plan.latency_requests)
+        samples = await idle_latency(spec, base, lambda: inputs.text(next(counter)), plan.latency_requests)
         into.latency.setdefault(spec.side, []).extend(samples)
         log(f"  {spec.side} idle single-text latency p50 {percentile(samples, 50):.1f} ms")
-        measured = await measure_server(spec, base, inputs, plan.configs, duration=plan.duration, warmup=plan.warmup)
+        measured = await measure_server(
+            spec, base, inputs, plan.configs, pid=pid, counter=counter, duration=plan.duration, warmup=plan.warmup
+        )
         for key, result in measured.items():
             into.runs[spec.side].setdefault(key, []).append(result)
 
@@ -933,6 +1040,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per measurement after the warm-up")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load before counting starts")
     parser.add_argument("--sides", default="raw,gateway,infinity", help="comma list of raw, gateway, infinity")
+    parser.add_argument("--modalities", default="image,text", help="comma list of image, text")
     parser.add_argument("--concurrency", default="8,16", help="concurrent clients (comma list)")
     parser.add_argument("--items", default="1,8", help="items per request (comma list)")
     parser.add_argument("--raw-batches", default="8,32", help="raw batch sizes (comma list)")

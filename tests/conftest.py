@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.servers import ROOT, ImageHost, gateway_process
+from tests.servers import ROOT, ImageHost, RedisServer, gateway_process
 from tests.tiny_models import build_siglip, build_siglip2
 
 TIKTOKEN_DIR = ROOT / ".cache" / "tiktoken"
@@ -65,3 +66,13 @@ def gateway_config(model_dirs: dict[str, Path]) -> dict[str, Any]:
 def gateway_url(model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with gateway_process(gateway_config(model_dirs), tmp_path_factory.mktemp("gateway")) as url:
         yield url
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is not installed: scripts/test.sh installs it with apt-get")
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()

@@ -1,0 +1,148 @@
+"""The vector cache: keys, partial hits, single flight, policies, corrupt values."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator
+
+import numpy as np
+import pytest
+
+from gateway.cache import CachePolicy, VectorCache, encode_vector, item_key
+from gateway.images import EncodedImage
+from gateway.inputs import ResolvedItem
+from gateway.stores import MemoryStore, RedisStore, VectorStore
+from providers.base import EmbedOptions, InputType, Text, Vectors
+from tests.servers import RedisServer
+
+DIMENSION = 6
+
+
+def vector_for(text: str) -> np.ndarray:
+    seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
+    row = np.random.default_rng(seed).normal(size=DIMENSION).astype(np.float32)
+    return row / np.linalg.norm(row)
+
+
+class Computer:
+    """Embeds texts deterministically and records every call (the cache's `compute` seam)."""
+
+    def __init__(self, texts: list[str], delay: float = 0.0) -> None:
+        self.texts = texts
+        self.calls: list[list[str]] = []
+        self.delay = delay
+
+    async def __call__(self, indices: list[int]) -> tuple[Vectors, int]:
+        wanted = [self.texts[i] for i in indices]
+        self.calls.append(wanted)
+        await asyncio.sleep(self.delay)
+        return np.stack([vector_for(t) for t in wanted]), 10 * len(wanted)
+
+
+def keys_for(texts: list[str], **options: object) -> list[str]:
+    opts = EmbedOptions(**options)  # type: ignore[arg-type]
+    return [item_key("emb:", "space-a", opts, None, ResolvedItem((Text(t),))) for t in texts]
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def cache(request: pytest.FixtureRequest, redis_server: RedisServer) -> AsyncIterator[VectorCache]:
+    store: VectorStore = MemoryStore(1 << 20) if request.param == "memory" else RedisStore(redis_server.url)
+    yield VectorCache(store)
+    await store.aclose()
+
+
+async def test_partial_hits_keep_order_and_compute_only_misses(cache: VectorCache) -> None:
+    texts = ["zero", "one", "two"]
+    await cache.get_or_compute(keys_for(["zero", "two"]), DIMENSION, Computer(["zero", "two"]), CachePolicy())
+    computer = Computer(texts)
+    found = await cache.get_or_compute(keys_for(texts), DIMENSION, computer, CachePolicy())
+    assert computer.calls == [["one"]]
+    assert (found.hits, found.misses, found.tokens) == (2, 1, 10)
+    np.testing.assert_array_equal(found.vectors, np.stack([vector_for(t) for t in texts]))
+
+
+async def test_cached_vector_is_byte_identical(cache: VectorCache) -> None:
+    first = await cache.get_or_compute(keys_for(["a"]), DIMENSION, Computer(["a"]), CachePolicy())
+    again = await cache.get_or_compute(keys_for(["a"]), DIMENSION, Computer(["a"]), CachePolicy())
+    assert again.hits == 1
+    assert first.vectors.tobytes() == again.vectors.tobytes()
+
+
+async def test_duplicates_in_one_request_are_computed_once(cache: VectorCache) -> None:
+    computer = Computer(["a", "b", "a"])
+    found = await cache.get_or_compute(keys_for(["a", "b", "a"]), DIMENSION, computer, CachePolicy())
+    assert computer.calls == [["a", "b"]]
+    np.testing.assert_array_equal(found.vectors[0], found.vectors[2])
+
+
+async def test_fifty_concurrent_identical_requests_compute_once(cache: VectorCache) -> None:
+    computer = Computer(["same"], delay=0.05)
+    results = await asyncio.gather(
+        *(cache.get_or_compute(keys_for(["same"]), DIMENSION, computer, CachePolicy()) for _ in range(50))
+    )
+    assert len(computer.calls) == 1
+    assert sum(r.misses for r in results) == 1
+    assert sum(r.tokens for r in results) == 10  # usage: only the request that computed pays
+    for result in results:
+        np.testing.assert_array_equal(result.vectors[0], vector_for("same"))
+
+
+async def test_no_cache_recomputes_but_stores_and_no_store_does_not_store(cache: VectorCache) -> None:
+    computer = Computer(["x"])
+    await cache.get_or_compute(keys_for(["x"]), DIMENSION, computer, CachePolicy(store=False))
+    assert (await cache.store.get_many(keys_for(["x"]))) == [None]
+    await cache.get_or_compute(keys_for(["x"]), DIMENSION, computer, CachePolicy(lookup=False))
+    await cache.get_or_compute(keys_for(["x"]), DIMENSION, computer, CachePolicy(lookup=False))
+    assert len(computer.calls) == 3
+    found = await cache.get_or_compute(keys_for(["x"]), DIMENSION, computer, CachePolicy())
+    assert found.hits == 1
+    assert CachePolicy.from_header("no-cache") == CachePolicy(lookup=False, store=True)
+    assert CachePolicy.from_header("no-store, max-age=0") == CachePolicy(lookup=True, store=False)
+
+
+@pytest.mark.parametrize("corrupt", [b"", b"\x00" * 5, encode_vector(np.ones(DIMENSION + 1)), b"\xff" * 4 * DIMENSION])
+async def test_corrupt_or_wrong_length_value_is_a_miss(cache: VectorCache, corrupt: bytes) -> None:
+    key = keys_for(["c"])
+    await cache.store.set_many({key[0]: corrupt})
+    computer = Computer(["c"])
+    found = await cache.get_or_compute(key, DIMENSION, computer, CachePolicy())
+    assert found.misses == 1
+    np.testing.assert_array_equal(found.vectors[0], vector_for("c"))
+    assert await cache.store.get_many(key) == [encode_vector(vector_for("c"))]  # repaired
+
+
+async def test_abandoned_flight_is_cancelled_but_joined_one_is_not(cache: VectorCache) -> None:
+    computer = Computer(["slow"], delay=0.3)
+    leader = asyncio.create_task(cache.get_or_compute(keys_for(["slow"]), DIMENSION, computer, CachePolicy()))
+    await asyncio.sleep(0.05)
+    follower = asyncio.create_task(cache.get_or_compute(keys_for(["slow"]), DIMENSION, computer, CachePolicy()))
+    await asyncio.sleep(0.05)
+    leader.cancel()
+    result = await follower  # the follower still gets its vector
+    np.testing.assert_array_equal(result.vectors[0], vector_for("slow"))
+    assert len(computer.calls) == 1
+
+
+def test_key_depends_on_space_options_dimensions_and_content_only() -> None:
+    item = ResolvedItem((Text("t"),))
+    base = item_key("p:", "space-a", EmbedOptions(), None, item)
+    assert base == item_key("p:", "space-a", EmbedOptions(), None, ResolvedItem((Text("t"),)))
+    others = {
+        item_key("p:", "space-b", EmbedOptions(), None, item),
+        item_key("p:", "space-a", EmbedOptions(input_type=InputType.QUERY), None, item),
+        item_key("p:", "space-a", EmbedOptions(input_type=InputType.DOCUMENT), None, item),
+        item_key("p:", "space-a", EmbedOptions(), 8, item),
+        item_key("p:", "space-a", EmbedOptions(), None, ResolvedItem((Text("u"),))),
+        item_key("p:", "space-a", EmbedOptions(), None, ResolvedItem((Text("t"), Text("t")))),
+    }
+    assert base not in others
+    assert len(others) == 6
+    image = EncodedImage(b"png", hashlib.sha256(b"png").hexdigest(), "input[0].image")
+    same_bytes_other_param = EncodedImage(b"png", hashlib.sha256(b"png").hexdigest(), "input[5].image_url")
+    assert item_key("p:", "s", EmbedOptions(), None, ResolvedItem((image,))) == item_key(
+        "p:", "s", EmbedOptions(), None, ResolvedItem((same_bytes_other_param,))
+    )
+    assert item_key("p:", "s", EmbedOptions(), None, ResolvedItem((Text("a"), image))) != item_key(
+        "p:", "s", EmbedOptions(), None, ResolvedItem((image, Text("a")))
+    )

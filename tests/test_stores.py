@@ -1,0 +1,83 @@
+"""One contract for every vector store, plus what only Redis can do (fail, come back)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import redis
+
+from gateway.stores import MemoryStore, RedisStore, TieredStore, VectorStore
+from tests.servers import RedisServer
+
+
+@pytest.fixture(params=["memory", "redis", "tiered"])
+async def store(request: pytest.FixtureRequest, redis_server: RedisServer) -> AsyncIterator[VectorStore]:
+    kinds = {
+        "memory": lambda: MemoryStore(1 << 20),
+        "redis": lambda: RedisStore(redis_server.url),
+        "tiered": lambda: TieredStore(MemoryStore(1 << 20), RedisStore(redis_server.url)),
+    }
+    instance: VectorStore = kinds[request.param]()
+    yield instance
+    await instance.aclose()
+
+
+async def test_missing_keys_are_none(store: VectorStore) -> None:
+    assert await store.get_many(["a", "b"]) == [None, None]
+    assert await store.get_many([]) == []
+
+
+async def test_values_come_back_in_key_order(store: VectorStore) -> None:
+    await store.set_many({"k1": b"\x01" * 8, "k3": b"\x03" * 8})
+    assert await store.get_many(["k3", "k2", "k1"]) == [b"\x03" * 8, None, b"\x01" * 8]
+
+
+async def test_overwrite(store: VectorStore) -> None:
+    await store.set_many({"k": b"old"})
+    await store.set_many({"k": b"new"})
+    assert await store.get_many(["k"]) == [b"new"]
+
+
+async def test_memory_store_is_bounded_lru() -> None:
+    store = MemoryStore(max_bytes=3 * (1 + 100 + 64))
+    await store.set_many({"a": b"x" * 100, "b": b"x" * 100, "c": b"x" * 100})
+    await store.get_many(["a"])  # a is now the most recent
+    await store.set_many({"d": b"x" * 100})
+    assert [v is not None for v in await store.get_many(["a", "b", "c", "d"])] == [True, False, True, True]
+    assert store.stats()["memory_bytes"] <= store.max_bytes
+
+
+async def test_redis_ttl_and_prefix_free_keys(redis_server: RedisServer) -> None:
+    store = RedisStore(redis_server.url, ttl_s=100)
+    await store.set_many({"emb:x": b"v"})
+    raw = redis.Redis.from_url(redis_server.url)
+    assert 0 < raw.ttl("emb:x") <= 100
+    assert raw.get("emb:x") == b"v"
+    await store.aclose()
+
+
+async def test_redis_down_is_a_miss_then_it_comes_back(redis_server: RedisServer) -> None:
+    store = RedisStore(redis_server.url, retry_after_s=0.2, timeout_s=0.2)
+    await store.set_many({"k": b"v"})
+    redis_server.stop()
+    assert await store.get_many(["k"]) == [None]  # no exception
+    await store.set_many({"k2": b"v"})  # no exception
+    assert store.stats()["redis_errors"] >= 1
+    redis_server.start()  # same port, empty
+    await asyncio.sleep(0.25)
+    await store.set_many({"k3": b"back"})
+    assert await store.get_many(["k3"]) == [b"back"]
+    assert store.stats()["redis_up"] == 1.0
+    await store.aclose()
+
+
+async def test_tiered_copies_redis_hits_into_memory(redis_server: RedisServer) -> None:
+    l1 = MemoryStore(1 << 20)
+    shared = RedisStore(redis_server.url)
+    await shared.set_many({"from-other-replica": b"v"})
+    tiered = TieredStore(l1, shared)
+    assert await tiered.get_many(["from-other-replica"]) == [b"v"]
+    assert await l1.get_many(["from-other-replica"]) == [b"v"]
+    await tiered.aclose()
