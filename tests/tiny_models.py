@@ -35,7 +35,15 @@ CORPUS = [
     "embeddings gateway serves vectors",
 ] * 20
 
-TINY_TEXT = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
+TINY_TEXT = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "pad_token_id": 0,
+    "eos_token_id": 1,
+    "bos_token_id": 1,
+}
 TINY_VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
 
 
@@ -75,7 +83,9 @@ def build_siglip(
     tokenizer = SiglipTokenizer(vocab_file=str(_train_sentencepiece(directory, 96)), model_max_length=64)
     vocab = max(len(tokenizer), 96)
     if base:
-        config = SiglipConfig(text_config={"vocab_size": vocab}, vision_config={"image_size": 224, "patch_size": 16})
+        # google/siglip-base-patch16-224's config (203M parameters, 32000-token vocabulary).
+        text = {"vocab_size": 32000, "pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 1}
+        config = SiglipConfig(text_config=text, vision_config={"image_size": 224, "patch_size": 16})
     else:
         config = SiglipConfig(
             text_config={**TINY_TEXT, **_size(width, layers), "vocab_size": vocab, "max_position_embeddings": 64},
