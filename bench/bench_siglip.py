@@ -522,15 +522,14 @@ def tree_cpu_s(root: int) -> float:
 
 
 class CpuMeter:
-    """How much CPU processes other than ours (this one, the server) took during a measurement."""
+    """How much CPU processes other than ours (this one and its children: the server) took."""
 
-    def __init__(self, server_pid: int | None) -> None:
-        self.server_pid = server_pid
+    def __init__(self) -> None:
         self.start = self._sample()
 
-    def _sample(self) -> tuple[float, float, float]:
-        ours = tree_cpu_s(os.getpid()) + (tree_cpu_s(self.server_pid) if self.server_pid else 0.0)
-        return time.monotonic(), machine_busy_s(), ours
+    @staticmethod
+    def _sample() -> tuple[float, float, float]:
+        return time.monotonic(), machine_busy_s(), tree_cpu_s(os.getpid())
 
     def foreign_cores(self) -> float:
         """Average number of cores busy with foreign work (other sessions' tests, the host)."""
@@ -657,7 +656,6 @@ async def measure_server(
     inputs: Inputs,
     configs: Sequence[LoadConfig],
     *,
-    pid: int,
     counter: Iterator[int],
     duration: float,
     warmup: float,
@@ -673,7 +671,7 @@ async def measure_server(
             )
         for config in configs:
             before = await gateway_counters(client, base) if spec.kind == "gateway" else None
-            meter = CpuMeter(pid)
+            meter = CpuMeter()
             result = await drive_load(
                 client,
                 url,
@@ -929,7 +927,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
 def measure_raw_side(raw: RawSiglip, inputs: Inputs, plan: Plan, into: Measurements) -> None:
     for modality, keys in plan.raw_keys.items():
         for key, batch in zip(keys, plan.raw_batches, strict=True):
-            meter = CpuMeter(None)
+            meter = CpuMeter()
             result = measure_raw(raw, inputs, modality, batch, plan.duration)
             result["foreign_cores"] = meter.foreign_cores()
             into.runs["raw"].setdefault(key, []).append(result)
@@ -943,7 +941,7 @@ async def measure_server_side(
     spec: ServerSpec, raw: RawSiglip, inputs: Inputs, plan: Plan, into: Measurements, *, tag: str
 ) -> None:
     counter = into.counter
-    async with running_server(spec, RESULTS_DIR / "logs", tag) as (base, pid):
+    async with running_server(spec, RESULTS_DIR / "logs", tag) as (base, _pid):
         if spec.side not in into.checks:
             into.checks[spec.side] = await check_vectors(spec, base, raw, inputs)
             log(f"  {spec.side} vectors vs raw: {into.checks[spec.side]}")
@@ -951,7 +949,7 @@ async def measure_server_side(
         into.latency.setdefault(spec.side, []).extend(samples)
         log(f"  {spec.side} idle single-text latency p50 {percentile(samples, 50):.1f} ms")
         measured = await measure_server(
-            spec, base, inputs, plan.configs, pid=pid, counter=counter, duration=plan.duration, warmup=plan.warmup
+            spec, base, inputs, plan.configs, counter=counter, duration=plan.duration, warmup=plan.warmup
         )
         for key, result in measured.items():
             into.runs[spec.side].setdefault(key, []).append(result)

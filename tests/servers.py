@@ -27,6 +27,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is a valid, free port too."""
+    while True:
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
 @dataclass
 class Route:
     body: bytes = b""
@@ -120,9 +134,10 @@ def gateway_process(config: dict[str, Any], workdir: Path, env: dict[str, str] |
 class RedisServer:
     """A private `redis-server` on a free port, which a test may kill and restart."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, extra_args: list[str] | None = None, port: int | None = None) -> None:
         self.workdir = workdir
-        self.port = free_port()
+        self.extra_args = extra_args or []
+        self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -143,12 +158,15 @@ class RedisServer:
                 "no",
                 "--dir",
                 str(self.workdir),
+                *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.process.returncode} on port {self.port}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
                     sock.sendall(b"PING\r\n")
@@ -163,3 +181,46 @@ class RedisServer:
             self.process.kill()
             self.process.wait(timeout=10)
             self.process = None
+
+
+class RedisCluster:
+    """Three `redis-server --cluster-enabled yes` masters on free ports, joined by `redis-cli --cluster create`."""
+
+    def __init__(self, workdir: Path, nodes: int = 3) -> None:
+        self.servers = []
+        for i in range(nodes):
+            directory = workdir / f"node{i}"
+            directory.mkdir()
+            cluster_args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+            self.servers.append(RedisServer(directory, cluster_args, port=cluster_port()))
+
+    @property
+    def url(self) -> str:
+        return self.servers[0].url
+
+    def start(self) -> None:
+        for server in self.servers:
+            server.start()
+        addresses = [f"127.0.0.1:{server.port}" for server in self.servers]
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            info = subprocess.run(
+                ["redis-cli", "-p", str(self.servers[0].port), "cluster", "info"],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout
+            if "cluster_state:ok" in info:
+                return
+            time.sleep(0.1)
+        raise RuntimeError("redis cluster did not converge")
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import redis
 
 from gateway.stores import MemoryStore, RedisStore, TieredStore, VectorStore
-from tests.servers import RedisServer
+from tests.servers import RedisCluster, RedisServer
 
 
 @pytest.fixture(params=["memory", "redis", "tiered"])
@@ -71,6 +72,21 @@ async def test_redis_down_is_a_miss_then_it_comes_back(redis_server: RedisServer
     assert await store.get_many(["k3"]) == [b"back"]
     assert store.stats()["redis_up"] == 1.0
     await store.aclose()
+
+
+async def test_redis_cluster_through_the_cluster_client(tmp_path: Path) -> None:
+    cluster = RedisCluster(tmp_path)
+    cluster.start()
+    try:
+        store = RedisStore(cluster.url, cluster=True)
+        entries = {f"emb:{i}": bytes([i]) * 8 for i in range(50)}  # spread over many hash slots
+        await store.set_many(entries)
+        keys = [*entries, "emb:absent"]
+        assert await store.get_many(keys) == [*entries.values(), None]
+        assert store.stats()["redis_errors"] == 0
+        await store.aclose()
+    finally:
+        cluster.stop()
 
 
 async def test_tiered_copies_redis_hits_into_memory(redis_server: RedisServer) -> None:
