@@ -128,7 +128,9 @@ class VectorCache:
         hits = stored + len(joined)
         self.hits += hits
         self.misses += len(keys) - hits
-        return Lookup(np.stack(rows).astype(np.float32), hits, len(keys) - hits, tokens)  # type: ignore[arg-type]
+        complete = [row for row in rows if row is not None]
+        assert len(complete) == len(keys), "every row is a hit, a computed or a joined vector"
+        return Lookup(np.stack(complete).astype(np.float32), hits, len(keys) - hits, tokens)
 
     def _partition(
         self, keys: Sequence[str], rows: list[np.ndarray | None], *, join: bool

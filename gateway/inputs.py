@@ -20,7 +20,7 @@ from typing import Any
 from gateway.errors import InvalidRequest
 from gateway.images import EncodedImage, ImageLoader
 from gateway.tokens import TokenDecoder
-from providers.base import Item, Modality, Text
+from providers.base import Image, Item, Modality, Text
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,5 +201,7 @@ class InputResolver:
         for result in decoded:
             if isinstance(result, BaseException):
                 raise result
-        images = dict(zip(encoded, decoded, strict=True))
-        return [Item(tuple(p if isinstance(p, Text) else images[id(p)] for p in item.parts)) for item in items]  # type: ignore[misc]
+        images: dict[int, Image] = {
+            key: image for key, image in zip(encoded, decoded, strict=True) if isinstance(image, Image)
+        }
+        return [Item(tuple(p if isinstance(p, Text) else images[id(p)] for p in item.parts)) for item in items]
