@@ -2,7 +2,7 @@
 
 Usage (from the repository root, main venv active)::
 
-    python bench/bench_siglip.py                      # full run, ~20 min on 2 CPU cores
+    python bench/bench_siglip.py                      # full run, ~15-20 min on 2 CPU cores
     python bench/bench_siglip.py --rounds 1 --duration 8 --sides raw,gateway   # quick look
     python bench/bench_siglip.py --gateway-engine "" --gateway-engine max_batch_size=8
 
@@ -19,10 +19,13 @@ server process runs at a time; the raw side runs while no server is up):
 * ``infinity``: ``infinity_emb v2`` (from ``.venv-infinity``, ``bash bench/setup_infinity.sh``) on a
   copy of the same model folder converted with ``bench/infinity_compat.py`` (its default flags).
 
-Each load run is closed-loop: every client sends its next request when the previous answer
-arrives. After a warm-up, the rate is counted from the end of the first burst of completions
-to the last completion (clients stop sending ~`--duration` seconds in and the queue drains),
-so requests in flight at either end are neither lost nor counted twice.
+Each load run is closed-loop on a warm, idle server: every client sends its next request when
+the previous answer arrives; clients stop sending ~`--duration` seconds in and the queue drains.
+items/s = items answered / (last answer - first send), so the count starts and ends with an
+empty queue and how a server orders work cannot bias it. Every input is new (the gateway's
+vector cache can only miss; its X-Cache-Hits header is checked). The CPU time used by other
+processes during each measurement is recorded ("foreign load"); a measurement disturbed by more
+than `--max-foreign-load` cores is repeated (`--retries`) and the less disturbed one kept.
 
 The model is a base-size SigLIP with random weights and the config of
 google/siglip-base-patch16-224 (203M parameters), built once under bench/models/.
@@ -65,6 +68,7 @@ MODELS_DIR = BENCH / "models"
 RESULTS_DIR = BENCH / "results"
 MODEL_DIR = MODELS_DIR / "siglip-base-patch16-224-random"
 INFINITY_MODEL_DIR = MODELS_DIR / "siglip-base-patch16-224-random-infinity"
+INFINITY_NO_PAD_FIX_DIR = MODELS_DIR / "siglip-base-patch16-224-random-infinity-no-pad-fix"
 INFINITY_VENV = ROOT / ".venv-infinity"
 BUILD_MARKER = "bench_build.json"
 BUILD_VERSION = 2  # bump when build_base_siglip changes, so cached folders are rebuilt
@@ -72,8 +76,6 @@ BUILD_VERSION = 2  # bump when build_base_siglip changes, so cached folders are 
 TEXT_MAX_LENGTH = 64
 GATEWAY_MODEL = "siglip-base"
 INFINITY_MODEL = "siglip"
-EPS_BURST_S = 0.05  # completions closer than this belong to one batch
-MAX_BURST_S = 0.5
 
 SERVER_ENV = {
     "HF_HUB_OFFLINE": "1",
@@ -154,6 +156,15 @@ def build_base_siglip(directory: Path, *, seed: int = 0) -> Path:
     return directory
 
 
+def convert_for_infinity(destination: Path, *flags: str) -> None:
+    log(f"converting for Infinity -> {destination.relative_to(ROOT)} (infinity_compat {' '.join(flags) or 'defaults'})")
+    subprocess.run(
+        [sys.executable, str(BENCH / "infinity_compat.py"), *flags, str(MODEL_DIR), str(destination)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+
+
 def ensure_models(rebuild: bool) -> dict[str, Any]:
     """Build (or reuse) the model folder and its Infinity copy; returns the build marker."""
     marker_path = MODEL_DIR / BUILD_MARKER
@@ -164,15 +175,11 @@ def ensure_models(rebuild: bool) -> dict[str, Any]:
         log(f"building {MODEL_DIR.relative_to(ROOT)} (random weights) ...")
         build_base_siglip(MODEL_DIR)
         marker = json.loads(marker_path.read_text())
-        if INFINITY_MODEL_DIR.exists():
-            shutil.rmtree(INFINITY_MODEL_DIR)
+        for stale in (INFINITY_MODEL_DIR, INFINITY_NO_PAD_FIX_DIR):
+            if stale.exists():
+                shutil.rmtree(stale)
     if not (INFINITY_MODEL_DIR / "config.json").is_file():
-        log(f"converting for Infinity -> {INFINITY_MODEL_DIR.relative_to(ROOT)} (infinity_compat, default flags)")
-        subprocess.run(
-            [sys.executable, str(BENCH / "infinity_compat.py"), str(MODEL_DIR), str(INFINITY_MODEL_DIR)],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
+        convert_for_infinity(INFINITY_MODEL_DIR)
     return marker
 
 
@@ -376,6 +383,7 @@ class ServerSpec:
     side: str  # "gateway", "gateway[max_batch_size=8]", "infinity"
     kind: str  # "gateway" | "infinity"
     engine: dict[str, Any] = field(default_factory=dict)
+    model_dir: Path | None = None  # Infinity: the converted folder (default INFINITY_MODEL_DIR)
 
     @property
     def model(self) -> str:
@@ -413,7 +421,7 @@ class ServerSpec:
             str(INFINITY_VENV / "bin" / "infinity_emb"),
             "v2",
             "--model-id",
-            str(INFINITY_MODEL_DIR),
+            str(self.model_dir or INFINITY_MODEL_DIR),
             "--served-model-name",
             INFINITY_MODEL,
             "--host",
@@ -546,70 +554,56 @@ async def drive_load(
     items_per_request: int,
     concurrency: int,
     duration: float,
-    warmup: float,
     side: str,
 ) -> dict[str, Any]:
-    """Closed-loop load; items/s from the end of the first burst after `warmup` to the drained end."""
-    events: list[tuple[float, int, float]] = []  # (completed at, items, latency)
+    """Closed-loop load on an idle (warm) server; items/s = items answered / (last answer - first send).
+
+    Every client sends its next request as soon as its previous answer arrives. Clients stop
+    sending once what is in flight should drain by about `duration` seconds (never before half
+    of it), then the queue drains: the count starts from an empty queue and ends with an empty
+    one, so how a server orders or splits work (by request, by length...) cannot bias it.
+    """
+    latencies: list[float] = []
     stop = asyncio.Event()
-    began = time.monotonic()
-    window_from: float | None = None
     in_flight = concurrency * items_per_request
     headers = {"content-type": "application/json"}
+    first_bodies = [make_body() for _ in range(concurrency)]
+    answered = 0
     cache_hits = 0
+    last_answer = 0.0
+    began = time.monotonic()
 
     def maybe_stop(now: float) -> None:
-        nonlocal window_from
-        if window_from is None:
-            if now - began >= warmup:
-                window_from = now
-            return
-        elapsed = now - window_from
-        if elapsed >= duration:
+        elapsed = now - began
+        drains_in = in_flight / (answered / elapsed)  # at the rate so far (fill included: a bit early)
+        if elapsed >= duration or (elapsed >= duration / 2 and elapsed + drains_in >= duration):
             stop.set()
-            return
-        done = sum(n for t, n, _ in events if t > window_from + MAX_BURST_S)
-        if elapsed >= 3 and done:
-            rate = done / max(elapsed - MAX_BURST_S, 1e-3)
-            if elapsed + in_flight / rate >= duration:  # what is in flight now drains by `duration`
-                stop.set()
 
-    async def worker() -> None:
-        nonlocal cache_hits
-        while not stop.is_set():
-            body = make_body()
+    async def worker(body: bytes) -> None:
+        nonlocal answered, cache_hits, last_answer
+        while True:
             t0 = time.monotonic()
             response = await client.post(url, content=body, headers=headers)
             t1 = time.monotonic()
             check_answer(response, items_per_request, side)
             cache_hits += int(response.headers.get("x-cache-hits", "0"))
-            events.append((t1, items_per_request, t1 - t0))
+            latencies.append(t1 - t0)
+            answered += items_per_request
+            last_answer = max(last_answer, t1)
             maybe_stop(t1)
+            if stop.is_set():
+                return
+            body = make_body()
 
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    events.sort()
-    first = next(i for i, (t, _, _) in enumerate(events) if t - began >= warmup)
-    last_of_burst = first
-    while (
-        last_of_burst + 1 < len(events)
-        and events[last_of_burst + 1][0] - events[last_of_burst][0] < EPS_BURST_S
-        and events[last_of_burst + 1][0] - events[first][0] < MAX_BURST_S
-    ):
-        last_of_burst += 1
-    counted = events[last_of_burst + 1 :]
-    if not counted:
-        raise BenchError(f"{side}: no completions after the warm-up; raise --duration")
-    t_from, t_to = events[last_of_burst][0], events[-1][0]
-    items = sum(n for _, n, _ in counted)
-    latencies = [lat for _, _, lat in counted]
+    await asyncio.gather(*(worker(body) for body in first_bodies))
+    span = last_answer - began
     return {
-        "rate": items / (t_to - t_from),
-        "items": items,
-        "span_s": t_to - t_from,
-        "requests": len(counted),
+        "rate": answered / span,
+        "items": answered,
+        "span_s": span,
+        "requests": len(latencies),
         "latency_p50_ms": 1000 * percentile(latencies, 50),
         "latency_p95_ms": 1000 * percentile(latencies, 95),
-        "warmup_s": t_from - began,
         "cache_hits": cache_hits,
     }
 
@@ -658,43 +652,50 @@ async def measure_server(
     *,
     counter: Iterator[int],
     duration: float,
-    warmup: float,
+    max_foreign: float,
+    retries: int,
 ) -> dict[str, dict[str, Any]]:
     results: dict[str, dict[str, Any]] = {}
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     async with httpx.AsyncClient(trust_env=False, timeout=httpx.Timeout(300.0), limits=limits) as client:
         url = base + spec.embeddings_path
-        for modality in ("image", "text"):  # one warm-up request per tower
-            body = json.dumps(spec.body(modality, [inputs.item(modality, next(counter)) for _ in range(8)])).encode()
-            check_answer(
-                await client.post(url, content=body, headers={"content-type": "application/json"}), 8, spec.side
-            )
+        for modality, count in (("image", 16), ("text", 32)):  # warm-up: one large batch per tower
+            items = [inputs.item(modality, next(counter)) for _ in range(count)]
+            response = await client.post(url, json=spec.body(modality, items))
+            check_answer(response, count, spec.side)
         for config in configs:
-            before = await gateway_counters(client, base) if spec.kind == "gateway" else None
-            meter = CpuMeter()
-            result = await drive_load(
-                client,
-                url,
-                make_body=body_factory(spec, inputs, config, counter),
-                items_per_request=config.items,
-                concurrency=config.concurrency,
-                duration=duration,
-                warmup=warmup,
-                side=f"{spec.side} {config.key}",
-            )
-            result["foreign_cores"] = meter.foreign_cores()
-            after = await gateway_counters(client, base) if spec.kind == "gateway" else None
-            if before is not None and after is not None and after[1] > before[1]:
-                result["mean_batch"] = (after[0] - before[0]) / (after[1] - before[1])
-            results[config.key] = result
-            extra = f", mean batch {result['mean_batch']:.1f}" if "mean_batch" in result else ""
-            extra += f", foreign load {result['foreign_cores']:.2f} cores"
-            if result["cache_hits"]:
-                extra += f", {result['cache_hits']} CACHE HITS"
-            log(
-                f"  {spec.side:<10} {config.key:<14} {result['rate']:7.2f} items/s "
-                f"(p50 {result['latency_p50_ms']:.0f} ms over {result['span_s']:.1f} s{extra})"
-            )
+            for attempt in range(retries + 1):
+                before = await gateway_counters(client, base) if spec.kind == "gateway" else None
+                meter = CpuMeter()
+                result = await drive_load(
+                    client,
+                    url,
+                    make_body=body_factory(spec, inputs, config, counter),
+                    items_per_request=config.items,
+                    concurrency=config.concurrency,
+                    duration=duration,
+                    side=f"{spec.side} {config.key}",
+                )
+                result["foreign_cores"] = meter.foreign_cores()
+                result["attempt"] = attempt + 1
+                after = await gateway_counters(client, base) if spec.kind == "gateway" else None
+                if before is not None and after is not None and after[1] > before[1]:
+                    result["mean_batch"] = (after[0] - before[0]) / (after[1] - before[1])
+                extra = f", mean batch {result['mean_batch']:.1f}" if "mean_batch" in result else ""
+                extra += f", foreign load {result['foreign_cores']:.2f} cores"
+                if result["cache_hits"]:
+                    extra += f", {result['cache_hits']} CACHE HITS"
+                log(
+                    f"  {spec.side:<10} {config.key:<14} {result['rate']:7.2f} items/s "
+                    f"(p50 {result['latency_p50_ms']:.0f} ms over {result['span_s']:.1f} s{extra})"
+                )
+                previous = results.get(config.key)
+                if previous is None or result["foreign_cores"] < previous["foreign_cores"]:
+                    results[config.key] = result
+                if result["foreign_cores"] <= max_foreign:
+                    break
+                if attempt < retries:
+                    log(f"  foreign load over {max_foreign} cores: measuring {config.key} again")
     return results
 
 
@@ -773,7 +774,8 @@ def summarise(
     rows: list[dict[str, Any]] = []
     raw_limit: dict[str, float] = {}
     for modality, keys in raw_keys.items():
-        medians = [median([r["rate"] for r in runs["raw"][k]]) for k in keys if runs["raw"].get(k)]
+        raw_runs = runs.get("raw", {})
+        medians = [median([r["rate"] for r in raw_runs[k]]) for k in keys if raw_runs.get(k)]
         if medians:
             raw_limit[modality] = max(medians)
     for side, configs in runs.items():
@@ -878,7 +880,8 @@ class Plan:
     modalities: list[str]
     rounds: int
     duration: float
-    warmup: float
+    max_foreign: float
+    retries: int
     latency_requests: int
 
     @property
@@ -919,7 +922,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
         modalities=modalities,
         rounds=args.rounds,
         duration=args.duration,
-        warmup=args.warmup,
+        max_foreign=args.max_foreign_load,
+        retries=args.retries,
         latency_requests=args.latency_requests,
     )
 
@@ -927,14 +931,24 @@ def make_plan(args: argparse.Namespace) -> Plan:
 def measure_raw_side(raw: RawSiglip, inputs: Inputs, plan: Plan, into: Measurements) -> None:
     for modality, keys in plan.raw_keys.items():
         for key, batch in zip(keys, plan.raw_batches, strict=True):
-            meter = CpuMeter()
-            result = measure_raw(raw, inputs, modality, batch, plan.duration)
-            result["foreign_cores"] = meter.foreign_cores()
-            into.runs["raw"].setdefault(key, []).append(result)
-            log(
-                f"  raw        {key:<14} {result['rate']:7.2f} items/s ({result['batch_s']:.2f} s/batch, "
-                f"foreign load {result['foreign_cores']:.2f} cores)"
-            )
+            best: dict[str, Any] | None = None
+            for attempt in range(plan.retries + 1):
+                meter = CpuMeter()
+                result = measure_raw(raw, inputs, modality, batch, plan.duration)
+                result["foreign_cores"] = meter.foreign_cores()
+                result["attempt"] = attempt + 1
+                log(
+                    f"  raw        {key:<14} {result['rate']:7.2f} items/s ({result['batch_s']:.2f} s/batch, "
+                    f"foreign load {result['foreign_cores']:.2f} cores)"
+                )
+                if best is None or result["foreign_cores"] < best["foreign_cores"]:
+                    best = result
+                if result["foreign_cores"] <= plan.max_foreign:
+                    break
+                if attempt < plan.retries:
+                    log(f"  foreign load over {plan.max_foreign} cores: measuring {key} again")
+            assert best is not None
+            into.runs["raw"].setdefault(key, []).append(best)
 
 
 async def measure_server_side(
@@ -949,10 +963,22 @@ async def measure_server_side(
         into.latency.setdefault(spec.side, []).extend(samples)
         log(f"  {spec.side} idle single-text latency p50 {percentile(samples, 50):.1f} ms")
         measured = await measure_server(
-            spec, base, inputs, plan.configs, counter=counter, duration=plan.duration, warmup=plan.warmup
+            spec,
+            base,
+            inputs,
+            plan.configs,
+            counter=counter,
+            duration=plan.duration,
+            max_foreign=plan.max_foreign,
+            retries=plan.retries,
         )
         for key, result in measured.items():
             into.runs[spec.side].setdefault(key, []).append(result)
+
+
+async def vector_check_only(spec: ServerSpec, raw: RawSiglip, inputs: Inputs) -> dict[str, Any]:
+    async with running_server(spec, RESULTS_DIR / "logs", "infinity-no-pad-fix") as (base, _pid):
+        return await check_vectors(spec, base, raw, inputs)
 
 
 async def run_rounds(plan: Plan, raw: RawSiglip, inputs: Inputs) -> Measurements:
@@ -996,6 +1022,13 @@ def run(args: argparse.Namespace) -> int:
     raw = RawSiglip(MODEL_DIR)
     (RESULTS_DIR / "logs").mkdir(parents=True, exist_ok=True)
     measurements = asyncio.run(run_rounds(plan, raw, inputs))
+    if "infinity" in plan.specs and args.no_pad_fix_check:
+        # Only a vector check: shows what the default conversion fixes (pad to 64, not to the longest).
+        if not (INFINITY_NO_PAD_FIX_DIR / "config.json").is_file():
+            convert_for_infinity(INFINITY_NO_PAD_FIX_DIR, "--no-pad-fix")
+        spec = ServerSpec("infinity --no-pad-fix", "infinity", model_dir=INFINITY_NO_PAD_FIX_DIR)
+        measurements.checks[spec.side] = asyncio.run(vector_check_only(spec, raw, inputs))
+        log(f"  {spec.side} vectors vs raw: {measurements.checks[spec.side]}")
 
     rows, summary = summarise(measurements.runs, plan.raw_keys)
     latency_summary = {
@@ -1015,7 +1048,8 @@ def run(args: argparse.Namespace) -> int:
             "images": "640x480 JPEG data URIs (raw side: pre-decoded RGB, image processor included)",
             "rounds": plan.rounds,
             "duration_s": plan.duration,
-            "warmup_s": plan.warmup,
+            "max_foreign_load_cores": plan.max_foreign,
+            "retries": plan.retries,
             "gateway_engines": {s.side: s.engine for s in plan.specs.values() if s.kind == "gateway"},
             "wall_s": time.monotonic() - started,
         },
@@ -1036,7 +1070,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (median over rounds)")
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per measurement after the warm-up")
-    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load before counting starts")
+    parser.add_argument(
+        "--max-foreign-load",
+        type=float,
+        default=0.15,
+        help="measure again when other processes used more than this many cores meanwhile",
+    )
+    parser.add_argument("--retries", type=int, default=1, help="re-measurements allowed per noisy measurement")
     parser.add_argument("--sides", default="raw,gateway,infinity", help="comma list of raw, gateway, infinity")
     parser.add_argument("--modalities", default="image,text", help="comma list of image, text")
     parser.add_argument("--concurrency", default="8,16", help="concurrent clients (comma list)")
@@ -1048,6 +1088,12 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         help="gateway engine options for the YAML model entry, e.g. 'max_batch_size=16,max_wait_ms=5'; "
         "repeat to compare variants ('' = defaults)",
+    )
+    parser.add_argument(
+        "--no-pad-fix-check",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="after the rounds, also check the vectors of an Infinity copy converted with --no-pad-fix",
     )
     parser.add_argument("--rebuild", action="store_true", help="rebuild the cached model folders")
     parser.add_argument("--out", default=str(RESULTS_DIR / "siglip.json"))

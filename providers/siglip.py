@@ -1,8 +1,8 @@
 """SigLIP and SigLIP2 (NaFlex) dual encoders through `AutoModel` / `AutoProcessor`.
 
-Text is padded to `text_max_length` (64) with truncation, as SigLIP was trained: its text
-tower pools the last position, so padding to the longest text in a batch would make a
-text's vector depend on its neighbours. An interleaved item is the L2-normalised mean of
+Text is padded to `text_max_length` (64) with truncation and fed without an attention mask,
+as SigLIP was trained: its text tower pools the last position, so padding to the longest text
+in a batch would make a text's vector depend on its neighbours. An interleaved item is the L2-normalised mean of
 its parts' normalised vectors, so text and image live in one space.
 """
 
@@ -43,6 +43,12 @@ class SiglipOptions(BaseModel):
     device: str = Field(default="auto", description="`auto`, `cpu`, `cuda`, `cuda:1`, ...")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     text_max_length: int = Field(default=64, ge=1, description="Pad/truncate texts to this many tokens.")
+    text_attention_mask: bool = Field(
+        default=False,
+        description="Feed the text tower an attention mask. SigLIP and SigLIP2 were trained without one "
+        "(big_vision, open_clip; transformers 4.x's SiglipTokenizer returned input_ids only), so the default "
+        "leaves it out even where a transformers 5 tokenizer declares it.",
+    )
     max_batch_size: int = Field(default=32, ge=1, description="Parts per forward pass.")
     max_wait_ms: float = Field(default=5.0, ge=0, description="How long a part may wait for batch-mates.")
     max_queue: int = Field(default=1024, ge=1, description="Parts queued before requests are refused (429).")
@@ -93,7 +99,9 @@ class SiglipEncoder:
                 return_tensors="pt",
             )
             tokens = int(encoded["attention_mask"].sum())
-            features = {k: encoded[k] for k in self.tokenizer.model_input_names if k in encoded}
+            features = {"input_ids": encoded["input_ids"]}
+            if self.options.text_attention_mask:
+                features["attention_mask"] = encoded["attention_mask"]
             return Prepared(Modality.TEXT, features, tokens)
         processed = self.image_processor(images=[part.pixels], return_tensors="pt")
         features = dict(processed.items())
@@ -145,7 +153,10 @@ class SiglipProvider:
             modalities=frozenset(self.options.modalities),
             dimension=self.encoder.dimension,
             max_batch_size=self.options.max_batch_size,
-            space=f"siglip|{self.encoder.identity}|{self.encoder.dtype}|text_max_length={self.options.text_max_length}",
+            space=(
+                f"siglip|{self.encoder.identity}|{self.encoder.dtype}|text_max_length={self.options.text_max_length}"
+                f"|text_attention_mask={self.options.text_attention_mask}"
+            ),
             fuses_parts=True,
         )
 

@@ -12,7 +12,8 @@ from transformers import AutoModel, AutoProcessor
 
 
 class RawSiglip:
-    """Reference SigLIP vectors: padding='max_length' (64), pooler output, L2-normalised."""
+    """Reference SigLIP vectors as the model was trained: input ids padded to 64 (no attention mask),
+    pooler output, L2-normalised."""
 
     def __init__(self, directory: Path) -> None:
         self.model = AutoModel.from_pretrained(directory).eval()
@@ -23,7 +24,7 @@ class RawSiglip:
         inputs = self.processor.tokenizer(
             texts, padding="max_length", max_length=64, truncation=True, return_tensors="pt"
         )
-        pooled = self.model.get_text_features(**inputs).pooler_output
+        pooled = self.model.get_text_features(input_ids=inputs["input_ids"]).pooler_output
         return torch.nn.functional.normalize(pooled, dim=-1).numpy()
 
     @torch.inference_mode()
