@@ -63,6 +63,7 @@ import yaml
 from PIL import Image, ImageDraw, ImageFilter
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 BENCH = ROOT / "bench"
 MODELS_DIR = BENCH / "models"
 RESULTS_DIR = BENCH / "results"
@@ -89,68 +90,22 @@ SERVER_ENV = {
 # The model: base-size SigLIP, random weights
 # ---------------------------------------------------------------------------------------------
 
+
 # The tokenizer corpus of tests/tiny_models.py (the tokenizer only has to be a real SentencePiece
 # model; the text tower always runs on 64 positions, so its vocabulary does not change the cost).
-CORPUS = [
-    "a photo of a cat",
-    "a photo of a dog sitting on the grass",
-    "red sunset over the sea",
-    "the quick brown fox jumps over the lazy dog",
-    "retrieval augmented generation with images and text",
-    "an invoice with a table of numbers",
-    "hello world",
-    "embeddings gateway serves vectors",
-] * 20
-
-
 def build_base_siglip(directory: Path, *, seed: int = 0) -> Path:
-    """A copy of `tests/tiny_models.build_siglip(directory, base=True)`, fixed in two ways.
+    """`tests/tiny_models.build_siglip(base=True)`: google/siglip-base-patch16-224's config, random weights."""
+    from safetensors import safe_open
 
-    1. `vocab_size` stays at 32000 as in google/siglip-base-patch16-224: the tests' builder sets
-       it to the size of its small tokenizer (96), which gives 178.7M parameters instead of 203.2M
-       (same FLOPs, smaller embedding table).
-    2. The tokenizer declares `model_input_names=["input_ids"]`, as the hub SigLIP checkpoints do:
-       SigLIP's text tower was trained without a padding mask. The tests' builder keeps the class
-       default (`input_ids` + `attention_mask`), so the gateway would feed the tower a mask, which
-       moves the pooled vector far away (cosine ~0.3-0.65 on random weights).
-    """
-    import sentencepiece as spm
-    from transformers import SiglipConfig, SiglipImageProcessorPil, SiglipModel, SiglipProcessor, SiglipTokenizer
+    from tests.tiny_models import build_siglip
 
     if directory.exists():
         shutil.rmtree(directory)
-    directory.mkdir(parents=True)
-    spm_model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(CORPUS),
-        model_writer=spm_model,
-        vocab_size=96,
-        model_type="unigram",
-        pad_id=0,
-        eos_id=1,
-        unk_id=2,
-        bos_id=-1,
-        pad_piece="<pad>",
-        eos_piece="</s>",
-        unk_piece="<unk>",
-        hard_vocab_limit=False,
-        minloglevel=2,
-    )
-    vocab_file = directory / "spiece.model"
-    vocab_file.write_bytes(spm_model.getvalue())
-    tokenizer = SiglipTokenizer(
-        vocab_file=str(vocab_file), model_max_length=TEXT_MAX_LENGTH, model_input_names=["input_ids"]
-    )
-    config = SiglipConfig(
-        text_config={"vocab_size": 32000, "max_position_embeddings": TEXT_MAX_LENGTH},
-        vision_config={"image_size": 224, "patch_size": 16},
-    )
-    torch.manual_seed(seed)
-    model = SiglipModel(config).eval()
-    params = sum(p.numel() for p in model.parameters())
-    model.save_pretrained(directory)
-    image_processor = SiglipImageProcessorPil(size={"height": 224, "width": 224})
-    SiglipProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(directory)
+    build_siglip(directory, seed=seed, base=True)
+    params = 0
+    for weights in directory.glob("*.safetensors"):
+        with safe_open(str(weights), framework="pt") as handle:
+            params += sum(int(np.prod(handle.get_slice(name).get_shape())) for name in handle.keys())  # noqa: SIM118
     marker = {"version": BUILD_VERSION, "parameters": params, "seed": seed}
     (directory / BUILD_MARKER).write_text(json.dumps(marker))
     return directory

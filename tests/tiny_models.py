@@ -80,7 +80,10 @@ def build_siglip(
 ) -> Path:
     """Save a SigLIP checkpoint (model, SentencePiece tokenizer, image processor) to `directory`."""
     directory.mkdir(parents=True, exist_ok=True)
-    tokenizer = SiglipTokenizer(vocab_file=str(_train_sentencepiece(directory, 96)), model_max_length=64)
+    # input_ids only, as the hub SigLIP tokenizers (and transformers 4.x's class) declare.
+    tokenizer = SiglipTokenizer(
+        vocab_file=str(_train_sentencepiece(directory, 96)), model_max_length=64, model_input_names=["input_ids"]
+    )
     vocab = max(len(tokenizer), 96)
     if base:
         # google/siglip-base-patch16-224's config (203M parameters, 32000-token vocabulary).
