@@ -129,6 +129,7 @@ class SiglipProvider:
         self.options = options
         self.name = name
         self._encoder: SiglipEncoder | None = None
+        self._info: ProviderInfo | None = None
         self._engine: BatchingEngine | None = None
 
     @classmethod
@@ -149,20 +150,24 @@ class SiglipProvider:
 
     @property
     def info(self) -> ProviderInfo:
-        return ProviderInfo(
+        if self._info is None:
+            raise ProviderError(f"model {self.name!r} is not loaded")
+        return self._info
+
+    def load(self) -> None:
+        if self._encoder is not None:
+            return
+        encoder = self._encoder = SiglipEncoder(self.options)
+        self._info = ProviderInfo(  # read on every request: built once
             modalities=frozenset(self.options.modalities),
-            dimension=self.encoder.dimension,
+            dimension=encoder.dimension,
             max_batch_size=self.options.max_batch_size,
             space=(
-                f"siglip|{self.encoder.identity}|{self.encoder.dtype}|text_max_length={self.options.text_max_length}"
+                f"siglip|{encoder.identity}|{encoder.dtype}|text_max_length={self.options.text_max_length}"
                 f"|text_attention_mask={self.options.text_attention_mask}"
             ),
             fuses_parts=True,
         )
-
-    def load(self) -> None:
-        if self._encoder is None:
-            self._encoder = SiglipEncoder(self.options)
 
     async def start(self) -> None:
         self._engine = BatchingEngine(
