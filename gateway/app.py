@@ -56,6 +56,7 @@ def load_models(models: Sequence[ServedModel]) -> None:
 
 def create_app(settings: Settings, models: Sequence[ServedModel] | None = None) -> Litestar:
     """Build the app; `models` may be pre-loaded (the CLI does, to fail fast with one line)."""
+    preloaded = models is not None
     served = list(models) if models is not None else build_models(settings)
     state = State({"ready": False, "started_at": int(time.time())})
 
@@ -66,7 +67,8 @@ def create_app(settings: Settings, models: Sequence[ServedModel] | None = None) 
         store = build_store(settings)
         cache = VectorCache(store, prefix=settings.cache.key_prefix)
         app.state.service = EmbeddingService(Router(served), resolver, cache, max_inputs=settings.max_inputs)
-        await asyncio.to_thread(load_models, served)
+        if not preloaded:
+            await asyncio.to_thread(load_models, served)
         for model in served:
             await model.provider.start()
         collector = metrics.register(served, cache)

@@ -66,9 +66,10 @@ class ServedModel:
                 param="dimensions",
                 code="invalid_dimensions",
             )
-        if dimensions not in allowed:
+        if dimensions not in allowed or not 0 < dimensions < native:
             raise InvalidRequest(
-                f"'dimensions' for model '{self.name}' must be one of {sorted({*allowed, native})}, got {dimensions}",
+                f"'dimensions' for model '{self.name}' must be one of "
+                f"{sorted({*(d for d in allowed if d < native), native})}, got {dimensions}",
                 param="dimensions",
                 code="invalid_dimensions",
             )

@@ -51,7 +51,7 @@ def gateway_config(model_dirs: dict[str, Path]) -> dict[str, Any]:
         "models": [
             {"name": "siglip-tiny", "provider": "siglip", "model": siglip},
             {"name": "siglip2-tiny", "provider": "siglip", "model": siglip2},
-            {"name": "siglip-mrl", "provider": "siglip", "model": siglip, "matryoshka_dimensions": [8, 16]},
+            {"name": "siglip-mrl", "provider": "siglip", "model": siglip, "matryoshka_dimensions": [8, 16, 64]},
             {"name": "siglip-text", "provider": "siglip", "model": siglip, "modalities": ["text"]},
             {"name": "siglip-vision", "provider": "siglip", "model": siglip, "modalities": ["image"]},
             {"name": "siglip-small-queue", "provider": "siglip", "model": siglip, "max_queue": 4},

@@ -102,6 +102,13 @@ CASES: list[tuple[str, dict[str, Any], int, str, str | None]] = [
     ("bad encoding_format", {"encoding_format": "int8"}, 400, "invalid_encoding_format", "encoding_format"),
     ("dimensions on non-Matryoshka model", {"dimensions": 8}, 400, "invalid_dimensions", "dimensions"),
     ("dimensions out of range", {"model": "siglip-mrl", "dimensions": 33}, 400, "invalid_dimensions", "dimensions"),
+    (
+        "dimensions configured but over the native size",
+        {"model": "siglip-mrl", "dimensions": 64},
+        400,
+        "invalid_dimensions",
+        "dimensions",
+    ),
     ("dimensions zero", {"model": "siglip-mrl", "dimensions": 0}, 400, "invalid_dimensions", "dimensions"),
     ("dimensions not integer", {"dimensions": "8"}, 400, "invalid_value", "dimensions"),
     ("token id out of range", {"input": [[1, 2], [3, 100_000_000]]}, 400, "invalid_token_id", "input[1][1]"),

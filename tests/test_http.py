@@ -26,7 +26,7 @@ def test_models_list_has_openai_shape_modalities_and_dimension(gateway_url: str)
     assert cards["siglip-tiny"]["modalities"] == ["image", "text"]
     assert cards["siglip-tiny"]["dimensions"] == 32
     assert cards["siglip-text"]["modalities"] == ["text"]
-    assert cards["siglip-mrl"]["matryoshka_dimensions"] == [8, 16]
+    assert cards["siglip-mrl"]["matryoshka_dimensions"] == [8, 16, 64]
     assert httpx.get(f"{gateway_url}/v1/models/siglip2-tiny").json()["id"] == "siglip2-tiny"
     assert httpx.get(f"{gateway_url}/v1/models/nope").status_code == 404
 
