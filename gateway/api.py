@@ -13,20 +13,13 @@ from litestar.exceptions import HTTPException
 
 from gateway.cache import CachePolicy
 from gateway.encoding import embedding_body
-from gateway.errors import GatewayError
+from gateway.errors import ClientDisconnected, GatewayError
 from gateway.schema import parse_request
 from gateway.service import EmbeddingService
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 JSON = "application/json"
-
-
-class ClientDisconnected(GatewayError):
-    """The client went away before its answer was ready (nginx's 499)."""
-
-    status_code = 499
-    error_type = "invalid_request_error"
 
 
 async def _until_disconnect(request: Request[Any, Any, Any]) -> None:
@@ -108,10 +101,13 @@ HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_lar
 def http_error_handler(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
     status = exc.status_code
     message = f"{exc.detail}: {request.method} {request.url.path}" if status in (404, 405) else str(exc.detail)
-    error = GatewayError(message, code=HTTP_CODES.get(status, "http_error"))
-    error_type = "server_error" if status >= 500 else "invalid_request_error"
-    body = {"error": {**error.body()["error"], "type": error_type}}
-    return Response(body, status_code=status, headers=exc.headers or {}, media_type=JSON)
+    error = {
+        "message": message,
+        "type": "server_error" if status >= 500 else "invalid_request_error",
+        "param": None,
+        "code": HTTP_CODES.get(status, "http_error"),
+    }
+    return Response({"error": error}, status_code=status, headers=exc.headers or {}, media_type=JSON)
 
 
 def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:

@@ -5,6 +5,7 @@
      ├── UnsupportedMediaType  415    the body is not JSON
      ├── ModelNotFound         404    `model` is not served here
      ├── RateLimited           429    a queue is full; carries Retry-After
+ ├── ClientDisconnected    499    the client left before its answer (nobody reads the body)
      └── ServiceUnavailable    503    a dependency (model, upstream) failed
 
 Errors raised by providers (`providers.base`) are translated by `from_provider_error`.
@@ -64,6 +65,11 @@ class RateLimited(GatewayError):
             "Retry-After": str(max(1, round(self.retry_after))),
             "retry-after-ms": str(int(self.retry_after * 1000)),
         }
+
+
+class ClientDisconnected(GatewayError):
+    status_code = 499
+    error_type = "invalid_request_error"
 
 
 class ServiceUnavailable(GatewayError):

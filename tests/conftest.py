@@ -22,10 +22,11 @@ CL100K_FILE = "9b5ad71b2ce5302211f9c61530b329a4922fc6a4"
 def pytest_configure(config: pytest.Config) -> None:
     """Token-id inputs need tiktoken's cl100k_base file; build it from a registry package once."""
     cache = Path(os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(TIKTOKEN_DIR)))
-    if not (cache / CL100K_FILE).is_file():
-        subprocess.run(
-            [sys.executable, str(ROOT / "scripts" / "tiktoken_offline.py"), str(cache), "--source", "npm"], check=True
-        )
+    for source in ("npm", "pypi"):  # js-tiktoken (MIT) first, as scripts/test.sh does
+        if (cache / CL100K_FILE).is_file():
+            break
+        script = ROOT / "scripts" / "tiktoken_offline.py"
+        subprocess.run([sys.executable, str(script), str(cache), "--source", source], check=False)
 
 
 @pytest.fixture(scope="session")
