@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ from gateway.stores import VectorStore
 from providers.base import EmbedOptions, Text, Vectors
 
 KEY_VERSION = "v1"
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +106,7 @@ class VectorCache:
         """Vectors for `keys` in order; `compute(indices)` embeds the items at those indices."""
         rows: list[np.ndarray | None] = [None] * len(keys)
         if policy.lookup:
-            rows = [decode_vector(value, dimension) for value in await self.store.get_many(keys)]
+            rows = [decode_vector(value, dimension) for value in await self._lookup(keys)]
         stored = sum(row is not None for row in rows)
         joined, mine = self._partition(keys, rows, join=policy.lookup)
         flights = {id(f): f for f, _ in joined.values()}
@@ -132,6 +134,21 @@ class VectorCache:
         assert len(complete) == len(keys), "every row is a hit, a computed or a joined vector"
         return Lookup(np.stack(complete).astype(np.float32), hits, len(keys) - hits, tokens)
 
+    async def _lookup(self, keys: Sequence[str]) -> list[bytes | None]:
+        """A store that breaks its no-raise promise still costs only a miss, never the request."""
+        try:
+            return await self.store.get_many(keys)
+        except Exception:
+            logger.exception("cache lookup failed; computing instead")
+            return [None] * len(keys)
+
+    async def _store(self, entries: dict[str, bytes]) -> None:
+        """Vectors already computed are returned even if storing them fails."""
+        try:
+            await self.store.set_many(entries)
+        except Exception:
+            logger.exception("cache store failed; vectors served uncached")
+
     def _partition(
         self, keys: Sequence[str], rows: list[np.ndarray | None], *, join: bool
     ) -> tuple[dict[int, tuple[_Flight, int]], dict[str, list[int]]]:
@@ -154,7 +171,7 @@ class VectorCache:
         async def run() -> tuple[Vectors, int]:
             vectors, tokens = await compute([indices[0] for indices in mine.values()])
             if store:
-                await self.store.set_many({k: encode_vector(vectors[p]) for p, k in enumerate(flight.keys)})
+                await self._store({k: encode_vector(vectors[p]) for p, k in enumerate(flight.keys)})
             return vectors, tokens
 
         flight.task = asyncio.ensure_future(run())

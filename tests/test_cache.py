@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 
 import numpy as np
 import pytest
@@ -146,3 +146,25 @@ def test_key_depends_on_space_options_dimensions_and_content_only() -> None:
     assert item_key("p:", "s", EmbedOptions(), None, ResolvedItem((Text("a"), image))) != item_key(
         "p:", "s", EmbedOptions(), None, ResolvedItem((image, Text("a")))
     )
+
+
+class BrokenStore(MemoryStore):
+    """A backend that breaks the no-raise promise: every call raises, as a buggy client library might."""
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        raise RuntimeError("unexpected client state")
+
+    async def set_many(self, entries: Mapping[str, bytes]) -> None:
+        raise RuntimeError("unexpected client state")
+
+
+async def test_a_store_that_raises_costs_a_miss_not_the_request(caplog: pytest.LogCaptureFixture) -> None:
+    cache = VectorCache(BrokenStore(1 << 20))
+    computer = Computer(["x", "y"])
+    found = await cache.get_or_compute(keys_for(["x", "y"]), DIMENSION, computer, CachePolicy())
+    assert (found.hits, found.misses) == (0, 2)
+    np.testing.assert_array_equal(found.vectors, np.stack([vector_for("x"), vector_for("y")]))
+    assert [r.getMessage() for r in caplog.records if r.name == "gateway.cache"] == [
+        "cache lookup failed; computing instead",
+        "cache store failed; vectors served uncached",
+    ]

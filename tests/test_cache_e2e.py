@@ -26,14 +26,23 @@ def shared_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 @pytest.fixture(scope="module")
-def cached_gateway(
-    model_dirs: dict[str, Path], shared_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
+def cached_gateway_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cached")
+
+
+@pytest.fixture(scope="module")
+def cached_gateway(model_dirs: dict[str, Path], shared_redis: RedisServer, cached_gateway_dir: Path) -> Iterator[str]:
     config = gateway_config(model_dirs)
     config["cache"] = {"memory_mb": 0, "redis_timeout_s": 0.2, "redis_retry_after_s": 0.3, "key_prefix": "t:"}
     env = {"GATEWAY_REDIS_URL": shared_redis.url}
-    with gateway_process(config, tmp_path_factory.mktemp("cached"), env=env) as url:
+    with gateway_process(config, cached_gateway_dir, env=env) as url:
         yield url
+
+
+def server_errors(workdir: Path) -> str:
+    """The gateway's logged tracebacks, so a failure in CI says what went wrong inside."""
+    log = "".join(path.read_text() for path in workdir.glob("gateway-*.log"))
+    return log[log.find("Traceback") :] if "Traceback" in log else "(no traceback in the gateway log)"
 
 
 def embed(base: str, body: dict[str, object], **headers: str) -> httpx.Response:
@@ -128,7 +137,7 @@ async def test_fifty_concurrent_identical_requests_one_model_call(cached_gateway
 
 
 async def load_while_killing(
-    base: str, texts: list[str], reference: np.ndarray, redis_server: RedisServer
+    base: str, texts: list[str], reference: np.ndarray, redis_server: RedisServer, failures: list[str]
 ) -> list[int]:
     """8 clients send one-text requests; Redis is killed after 60 answers. Returns statuses (wrong vector: -1)."""
     statuses: list[int] = []
@@ -141,6 +150,8 @@ async def load_while_killing(
                 response = await client.post("/v1/embeddings", json=body)
                 ok = response.status_code != 200 or np.allclose(vectors(response)[0], reference[i % 40], atol=1e-6)
                 statuses.append(response.status_code if ok else -1)
+                if response.status_code != 200:
+                    failures.append(f"{texts[i]!r}: {response.status_code} {response.text}")
                 if len(statuses) >= 60:
                     enough.set()
 
@@ -152,17 +163,23 @@ async def load_while_killing(
     return statuses
 
 
-def test_redis_killed_under_load_then_restarted(cached_gateway: str, shared_redis: RedisServer) -> None:
+def test_redis_killed_under_load_then_restarted(
+    cached_gateway: str, shared_redis: RedisServer, cached_gateway_dir: Path
+) -> None:
     """Zero failed requests while Redis dies; caching resumes once it is back."""
     texts = [f"load text {i % 40}" for i in range(240)]
     body = {"input": texts[:40], "encoding_format": "float"}
     reference = vectors(embed(cached_gateway, body, cache_control="no-store"))
-    statuses = asyncio.run(load_while_killing(cached_gateway, texts, reference, shared_redis))
+    failures: list[str] = []
+    try:
+        statuses = asyncio.run(load_while_killing(cached_gateway, texts, reference, shared_redis, failures))
+    finally:
+        if shared_redis.process is None:
+            shared_redis.start()  # same port, empty (no persistence): the gateway reconnects by itself
     assert len(statuses) == len(texts)
-    assert set(statuses) == {200}
+    assert set(statuses) == {200}, f"{failures[:3]}\n{server_errors(cached_gateway_dir)}"
     assert "gateway_redis_errors" in httpx.get(f"{cached_gateway}/metrics").text
 
-    shared_redis.start()  # same port, empty (no persistence): the gateway reconnects by itself
     client = redis.Redis.from_url(shared_redis.url)
     deadline = time.monotonic() + 10
     while client.dbsize() == 0 and time.monotonic() < deadline:
