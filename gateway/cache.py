@@ -65,6 +65,12 @@ def decode_vector(value: bytes | None, dimension: int) -> np.ndarray | None:
     return vector if np.isfinite(vector).all() else None
 
 
+def _cancelled() -> bool:
+    """Whether this task was really asked to stop (as opposed to a library leaking a CancelledError)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 @dataclass(frozen=True, slots=True)
 class Lookup:
     """What the cache answered for one request."""
@@ -138,14 +144,22 @@ class VectorCache:
         """A store that breaks its no-raise promise still costs only a miss, never the request."""
         try:
             return await self.store.get_many(keys)
+        except asyncio.CancelledError:
+            if _cancelled():
+                raise
+            logger.exception("cache lookup leaked a cancellation; computing instead")
         except Exception:
             logger.exception("cache lookup failed; computing instead")
-            return [None] * len(keys)
+        return [None] * len(keys)
 
     async def _store(self, entries: dict[str, bytes]) -> None:
         """Vectors already computed are returned even if storing them fails."""
         try:
             await self.store.set_many(entries)
+        except asyncio.CancelledError:
+            if _cancelled():
+                raise
+            logger.exception("cache store leaked a cancellation; vectors served uncached")
         except Exception:
             logger.exception("cache store failed; vectors served uncached")
 
@@ -190,9 +204,13 @@ class VectorCache:
         assert flight.task is not None
         return await asyncio.shield(flight.task)
 
-    @staticmethod
-    def _leave(flight: _Flight) -> None:
-        """The last waiter to go (its client gone) cancels work nobody wants any more."""
+    def _leave(self, flight: _Flight) -> None:
+        """The last waiter to go (its client gone) cancels work nobody wants any more.
+
+        The flight stops being joinable at once: a request arriving before the cancellation
+        lands must start its own computation, not join one that is about to raise.
+        """
         flight.waiters -= 1
         if flight.waiters == 0 and flight.task is not None and not flight.task.done():
             flight.task.cancel()
+            self._land(flight)

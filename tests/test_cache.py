@@ -149,22 +149,42 @@ def test_key_depends_on_space_options_dimensions_and_content_only() -> None:
 
 
 class BrokenStore(MemoryStore):
-    """A backend that breaks the no-raise promise: every call raises, as a buggy client library might."""
+    """A backend that breaks the no-raise promise on every call, as a buggy client library might."""
+
+    def __init__(self, error: type[BaseException]) -> None:
+        super().__init__(1 << 20)
+        self.error = error
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        raise RuntimeError("unexpected client state")
+        raise self.error("unexpected client state")
 
     async def set_many(self, entries: Mapping[str, bytes]) -> None:
-        raise RuntimeError("unexpected client state")
+        raise self.error("unexpected client state")
 
 
-async def test_a_store_that_raises_costs_a_miss_not_the_request(caplog: pytest.LogCaptureFixture) -> None:
-    cache = VectorCache(BrokenStore(1 << 20))
+@pytest.mark.parametrize("error", [RuntimeError, asyncio.CancelledError])
+async def test_a_store_that_raises_costs_a_miss_not_the_request(
+    error: type[BaseException], caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = VectorCache(BrokenStore(error))
     computer = Computer(["x", "y"])
     found = await cache.get_or_compute(keys_for(["x", "y"]), DIMENSION, computer, CachePolicy())
     assert (found.hits, found.misses) == (0, 2)
     np.testing.assert_array_equal(found.vectors, np.stack([vector_for("x"), vector_for("y")]))
-    assert [r.getMessage() for r in caplog.records if r.name == "gateway.cache"] == [
-        "cache lookup failed; computing instead",
-        "cache store failed; vectors served uncached",
-    ]
+    logged = [r.getMessage() for r in caplog.records if r.name == "gateway.cache"]
+    assert len(logged) == 2
+    assert logged[0].startswith("cache lookup")
+    assert logged[1].startswith("cache store")
+
+
+async def test_a_cancelled_flight_is_never_joined(cache: VectorCache) -> None:
+    """A request arriving between a flight's cancellation and its landing computes its own vector."""
+    computer = Computer(["orphan"], delay=0.3)
+    leader = asyncio.create_task(cache.get_or_compute(keys_for(["orphan"]), DIMENSION, computer, CachePolicy()))
+    await asyncio.sleep(0.05)
+    leader.cancel()
+    await asyncio.sleep(0)  # the leader leaves and cancels its flight; the cancellation has not landed yet
+    found = await cache.get_or_compute(keys_for(["orphan"]), DIMENSION, computer, CachePolicy())
+    np.testing.assert_array_equal(found.vectors[0], vector_for("orphan"))
+    assert leader.cancelled()
+    assert len(computer.calls) == 2
