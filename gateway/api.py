@@ -13,7 +13,7 @@ from litestar.exceptions import HTTPException
 
 from gateway.cache import CachePolicy
 from gateway.encoding import embedding_body
-from gateway.errors import ClientDisconnected, GatewayError
+from gateway.errors import ClientDisconnected, GatewayError, ServiceUnavailable
 from gateway.schema import parse_request
 from gateway.service import EmbeddingService
 
@@ -39,6 +39,9 @@ async def cancel_on_disconnect(request: Request[Any, Any, Any], work: Awaitable[
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         raise ClientDisconnected("The client closed the connection", code="client_disconnected")
+    if task.cancelled():  # nobody here cancelled it: a bug below, answered as a retryable 503, not a bare 500
+        logger.error("request work was cancelled from within on %s %s", request.method, request.url.path)
+        raise ServiceUnavailable("The request was interrupted; retry it", code="interrupted")
     return task.result()
 
 

@@ -1,8 +1,8 @@
 """One dynamic-batching engine for every local encoder.
 
 Requests from many clients are split into single-modality parts, preprocessed on a thread
-pool, queued, and merged into micro-batches (at most `max_batch_size` parts, waiting at most
-`max_wait_s` for the oldest one). Forward passes run one at a time on a dedicated worker
+pool, queued, and merged into micro-batches (at most `max_batch_size` parts, which may differ
+per modality, waiting at most `max_wait_s` for the oldest one). Forward passes run one at a time on a dedicated worker
 thread, so the event loop never blocks on torch and CPU preprocessing overlaps the forward.
 The queue is bounded: a request that would overflow it fails fast with `Overloaded`. A
 request that is cancelled (its client went away) drops its parts from the queue.
@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -70,14 +70,16 @@ class BatchingEngine:
         encoder: LocalEncoder,
         *,
         name: str,
-        max_batch_size: int = 32,
+        max_batch_size: int | Mapping[Modality, int] = 32,
         max_wait_s: float = 0.005,
         max_queue: int = 1024,
         preprocess_threads: int = 2,
     ) -> None:
         self._encoder = encoder
         self._name = name
-        self._max_batch_size = max_batch_size
+        self._max_batch_sizes = {
+            m: max_batch_size if isinstance(max_batch_size, int) else max_batch_size[m] for m in Modality
+        }
         self._max_wait_s = max_wait_s
         self._max_queue = max_queue
         self._preprocess_threads = preprocess_threads
@@ -168,15 +170,16 @@ class BatchingEngine:
                 await self._wakeup.wait()
                 continue
             queue = self._queues[modality]
+            limit = self._max_batch_sizes[modality]
             wait = queue[0].enqueued_at + self._max_wait_s - time.monotonic()
-            if len(queue) < self._max_batch_size and wait > 0:
+            if len(queue) < limit and wait > 0:
                 self._wakeup.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), wait)
-                if len(queue) < self._max_batch_size and queue[0].enqueued_at + self._max_wait_s > time.monotonic():
+                if len(queue) < limit and queue[0].enqueued_at + self._max_wait_s > time.monotonic():
                     continue
             jobs: list[_Job] = []
-            while queue and len(jobs) < self._max_batch_size:
+            while queue and len(jobs) < limit:
                 job = queue.popleft()
                 if not job.future.done():
                     jobs.append(job)

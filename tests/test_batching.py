@@ -9,8 +9,9 @@ from collections.abc import AsyncIterator
 import numpy as np
 import pytest
 import torch
+from PIL import Image as PILImage
 
-from providers.base import Modality, Overloaded, Part, ProviderError, Text, Vectors
+from providers.base import Image, Modality, Overloaded, Part, ProviderError, Text, Vectors
 from providers.batching import BatchingEngine, Features, Prepared
 
 DIMENSION = 13
@@ -24,15 +25,18 @@ class RecordingEncoder:
         self.gate = threading.Event()
         self.gate.set()
         self.fail_next = False
+        self.modalities: list[Modality] = []
 
     def prepare(self, part: Part) -> Prepared:
-        assert isinstance(part, Text)
+        if isinstance(part, Image):  # an image counts as a "text" as long as its width
+            return Prepared(Modality.IMAGE, {"length": torch.tensor([[part.pixels.width]])}, 1)
         return Prepared(Modality.TEXT, {"length": torch.tensor([[len(part.text)]])}, len(part.text))
 
     def forward(self, modality: Modality, batch: Features) -> Vectors:
         self.gate.wait(10)
         lengths = [int(v) for v in batch["length"][:, 0]]
         self.batches.append(lengths)
+        self.modalities.append(modality)
         if self.fail_next:
             self.fail_next = False
             raise RuntimeError("CUDA error: out of memory")
@@ -69,6 +73,33 @@ async def test_concurrent_requests_merge_into_micro_batches(engine: BatchingEngi
     assert sum(len(b) for b in encoder.batches) == 16
     assert len(encoder.batches) <= 4  # 16 single-part requests, batches of at most 8
     assert max(len(b) for b in encoder.batches) == 8
+
+
+async def test_batch_size_is_bounded_per_modality(encoder: RecordingEncoder) -> None:
+    """Images and texts batch separately, each up to its own bound (bigger image batches are slower on CPU)."""
+    engine = BatchingEngine(
+        encoder, name="split", max_batch_size={Modality.TEXT: 8, Modality.IMAGE: 3}, max_wait_s=0.05
+    )
+    await engine.start()
+    try:
+        encoder.gate.clear()  # hold the first forward so everything else queues up behind it
+        images = [Image(b"", "image/png", "", PILImage.new("RGB", (w, 1))) for w in range(1, 11)]
+        texts = [Text("t" * n) for n in range(1, 11)]
+        pending = asyncio.gather(*(engine.encode([p]) for p in [*images, *texts]))
+        await asyncio.sleep(0.2)
+        encoder.gate.set()
+        results = await pending
+    finally:
+        await engine.close()
+    for part, (vectors, _) in zip([*images, *texts], results, strict=True):
+        length = part.pixels.width if isinstance(part, Image) else len(part.text)
+        assert int(np.argmax(vectors[0])) == length % DIMENSION
+    sizes = {
+        m: [len(b) for b, bm in zip(encoder.batches, encoder.modalities, strict=True) if bm is m] for m in Modality
+    }
+    assert sum(sizes[Modality.IMAGE]) == sum(sizes[Modality.TEXT]) == 10
+    assert max(sizes[Modality.IMAGE]) == 3
+    assert max(sizes[Modality.TEXT]) == 8
 
 
 async def test_order_is_kept_within_a_request(engine: BatchingEngine) -> None:

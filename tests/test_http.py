@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
+from litestar import Litestar, Request, post
+from litestar.testing import TestClient
 
+from gateway.api import EXCEPTION_HANDLERS, cancel_on_disconnect
 from tests.servers import gateway_process
 
 
@@ -101,3 +106,21 @@ def test_gateway_process_stops_cleanly(model_dirs: dict[str, object], tmp_path: 
         assert httpx.post(f"{base}/v1/embeddings", json={"model": "m", "input": "a"}).status_code == 200
     log = next(workdir.glob("gateway-*.log")).read_text()
     assert "Traceback" not in log
+
+
+def test_work_cancelled_from_within_is_a_retryable_503_not_a_bare_500() -> None:
+    """A CancelledError that no client caused (a library bug below) still gets the OpenAI envelope."""
+
+    async def interrupted() -> dict[str, str]:
+        raise asyncio.CancelledError
+
+    @post("/work", status_code=200)
+    async def work(request: Request[Any, Any, Any]) -> dict[str, str]:
+        return await cancel_on_disconnect(request, interrupted())
+
+    app = Litestar([work], exception_handlers=EXCEPTION_HANDLERS)
+    with TestClient(app) as client:
+        response = client.post("/work")
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "interrupted"
+    assert response.json()["error"]["type"] == "server_error"
