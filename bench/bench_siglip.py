@@ -563,19 +563,21 @@ async def drive_load(
     }
 
 
-async def gateway_counters(client: httpx.AsyncClient, base: str) -> tuple[float, float] | None:
-    """(parts, batches) computed so far, from the gateway's /metrics."""
+async def gateway_counters(client: httpx.AsyncClient, base: str) -> tuple[float, float, float] | None:
+    """(parts, batches, forward seconds) so far, from the gateway's /metrics."""
     try:
         text = (await client.get(base + "/metrics")).text
     except httpx.HTTPError:
         return None
     values: dict[str, float] = {}
-    for name in ("gateway_model_parts_total", "gateway_model_batches_total"):
+    names = ("gateway_model_parts_total", "gateway_model_batches_total", "gateway_model_forward_seconds_total")
+    for name in names:
         match = re.search(rf"^{name}\{{[^}}]*\}} ([0-9.e+]+)$", text, re.MULTILINE)
         if match is None:
             return None
         values[name] = float(match.group(1))
-    return values["gateway_model_parts_total"], values["gateway_model_batches_total"]
+    parts, batches, busy = (values[name] for name in names)
+    return parts, batches, busy
 
 
 @dataclass(frozen=True)
@@ -636,7 +638,12 @@ async def measure_server(
                 after = await gateway_counters(client, base) if spec.kind == "gateway" else None
                 if before is not None and after is not None and after[1] > before[1]:
                     result["mean_batch"] = (after[0] - before[0]) / (after[1] - before[1])
+                    result["forward_busy"] = (after[2] - before[2]) / result["span_s"]
+                    result["forward_ms_per_item"] = 1000 * (after[2] - before[2]) / (after[0] - before[0])
                 extra = f", mean batch {result['mean_batch']:.1f}" if "mean_batch" in result else ""
+                if "forward_busy" in result:
+                    busy, per_item = result["forward_busy"], result["forward_ms_per_item"]
+                    extra += f", forward busy {busy:.0%} at {per_item:.1f} ms/item"
                 extra += f", foreign load {result['foreign_cores']:.2f} cores"
                 if result["cache_hits"]:
                     extra += f", {result['cache_hits']} CACHE HITS"
@@ -722,6 +729,12 @@ def median(values: Sequence[float]) -> float:
     return float(statistics.median(values)) if values else float("nan")
 
 
+def engine_medians(results: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """The gateway's own view of a load run (mean batch, forward busy share, forward ms per item)."""
+    keys = ("mean_batch", "forward_busy", "forward_ms_per_item")
+    return {key: median([r[key] for r in results]) for key in keys if all(key in r for r in results)}
+
+
 def summarise(
     runs: dict[str, dict[str, list[dict[str, Any]]]], raw_keys: dict[str, list[str]]
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -753,9 +766,7 @@ def summarise(
             row["foreign_cores_max"] = max(r.get("foreign_cores", 0.0) for r in results)
             if side != "raw":
                 row["cache_hits"] = sum(r.get("cache_hits", 0) for r in results)
-            batches = [r["mean_batch"] for r in results if "mean_batch" in r]
-            if batches:
-                row["mean_batch"] = median(batches)
+            row.update(engine_medians(results))
             rows.append(row)
     summary: dict[str, Any] = {"raw_limit_items_per_s": raw_limit}
     for side in runs:
@@ -777,8 +788,8 @@ def summarise(
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     lines = [
         "| side | modality | clients x items/req | items/s (median) | per round | / raw limit | p50 / p95 ms "
-        "| mean batch | foreign load |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| mean batch | forward busy, ms/item | foreign load |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in sorted(rows, key=lambda r: (r["modality"], r["side"] != "raw", r["side"], r["config"])):
         parts = row["config"].split("/")
@@ -789,10 +800,11 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
         latency = f"{row['latency_p50_ms']:.0f} / {row['latency_p95_ms']:.0f}" if "latency_p50_ms" in row else "-"
         ratio = f"{row['vs_raw']:.3f}" if row.get("vs_raw") is not None else "-"
         batch = f"{row['mean_batch']:.1f}" if "mean_batch" in row else "-"
+        busy = f"{row['forward_busy']:.0%}, {row['forward_ms_per_item']:.1f}" if "forward_busy" in row else "-"
         per_round = ", ".join(f"{v:.2f}" for v in row["rounds"])
         lines.append(
             f"| {row['side']} | {row['modality']} | {shape} | {row['items_per_s']:.2f} | {per_round} | "
-            f"{ratio} | {latency} | {batch} | {row['foreign_cores_max']:.2f} |"
+            f"{ratio} | {latency} | {batch} | {busy} | {row['foreign_cores_max']:.2f} |"
         )
     return "\n".join(lines)
 

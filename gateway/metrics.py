@@ -15,6 +15,11 @@ from gateway.router import ServedModel
 PROVIDER_METRICS = {
     "parts_total": ("gateway_model_parts", "Inputs (text or image parts) a model has computed.", CounterMetricFamily),
     "batches_total": ("gateway_model_batches", "Forward passes a model has run.", CounterMetricFamily),
+    "forward_seconds_total": (
+        "gateway_model_forward_seconds",
+        "Time spent in forward passes; its rate is the model's utilisation.",
+        CounterMetricFamily,
+    ),
     "queued": ("gateway_model_queued", "Inputs admitted and not yet answered.", GaugeMetricFamily),
 }
 

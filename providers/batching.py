@@ -91,6 +91,7 @@ class BatchingEngine:
         self._prepare_pool: ThreadPoolExecutor | None = None
         self.batches_run = 0
         self.parts_run = 0
+        self.forward_seconds = 0.0  # busy time of the forward thread: its rate is the model's utilisation
 
     @property
     def queued(self) -> int:
@@ -188,7 +189,11 @@ class BatchingEngine:
 
     def _forward(self, modality: Modality, features: list[Features]) -> Vectors:
         """Collate and run on the forward thread: copying a batch of pixels is CPU work too."""
-        return self._encoder.forward(modality, collate(features))
+        started = time.perf_counter()
+        try:
+            return self._encoder.forward(modality, collate(features))
+        finally:
+            self.forward_seconds += time.perf_counter() - started
 
     async def _run_batch(self, loop: asyncio.AbstractEventLoop, modality: Modality, jobs: list[_Job]) -> None:
         features = [job.prepared.features for job in jobs]

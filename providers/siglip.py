@@ -205,7 +205,12 @@ class SiglipProvider:
         engine = self._engine
         if engine is None:
             return {}
-        return {"parts_total": engine.parts_run, "batches_total": engine.batches_run, "queued": engine.queued}
+        return {
+            "parts_total": engine.parts_run,
+            "batches_total": engine.batches_run,
+            "forward_seconds_total": engine.forward_seconds,
+            "queued": engine.queued,
+        }
 
     async def embed(self, items: Sequence[Item], options: EmbedOptions) -> EmbedResult:
         parts: list[Part] = [part for item in items for part in item.parts]

@@ -75,8 +75,10 @@ def test_optional_fields_are_accepted(gateway_url: str, field: str, value: str) 
 
 def test_metrics_count_requests_and_computed_parts(gateway_url: str) -> None:
     before = metric(gateway_url, "gateway_model_parts_total", "siglip2-tiny")
+    busy_before = metric(gateway_url, "gateway_model_forward_seconds_total", "siglip2-tiny")
     httpx.post(f"{gateway_url}/v1/embeddings", json={"model": "siglip2-tiny", "input": ["a", "b", "c"]})
     assert metric(gateway_url, "gateway_model_parts_total", "siglip2-tiny") == before + 3
+    assert metric(gateway_url, "gateway_model_forward_seconds_total", "siglip2-tiny") > busy_before
     assert "gateway_requests_total" in httpx.get(f"{gateway_url}/metrics").text
 
 
