@@ -2,8 +2,9 @@
 
 Requests from many clients are split into single-modality parts, preprocessed on a thread
 pool, queued, and merged into micro-batches (at most `max_batch_size` parts, which may differ
-per modality, waiting at most `max_wait_s` for the oldest one). Forward passes run one at a time on a dedicated worker
-thread, so the event loop never blocks on torch and CPU preprocessing overlaps the forward.
+per modality, waiting at most `max_wait_s` for the oldest one). Forward passes run one at a
+time on a dedicated worker thread, so the event loop never blocks on torch and CPU
+preprocessing overlaps the forward.
 The queue is bounded: a request that would overflow it fails fast with `Overloaded`. A
 request that is cancelled (its client went away) drops its parts from the queue.
 """
