@@ -9,9 +9,10 @@ float32; a value of the wrong length is treated as a miss, never returned.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,10 +66,19 @@ def decode_vector(value: bytes | None, dimension: int) -> np.ndarray | None:
     return vector if np.isfinite(vector).all() else None
 
 
-def _cancelled() -> bool:
-    """Whether this task was really asked to stop (as opposed to a library leaking a CancelledError)."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
+@contextlib.contextmanager
+def _survive_store(operation: str, outcome: str) -> Iterator[None]:
+    """Log and swallow a store's failure, even a CancelledError a client library leaked,
+    but let a real cancellation of this task (its client went away) through."""
+    try:
+        yield
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling() > 0:
+            raise
+        logger.exception("cache %s leaked a cancellation; %s", operation, outcome)
+    except Exception:
+        logger.exception("cache %s failed; %s", operation, outcome)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,26 +152,14 @@ class VectorCache:
 
     async def _lookup(self, keys: Sequence[str]) -> list[bytes | None]:
         """A store that breaks its no-raise promise still costs only a miss, never the request."""
-        try:
+        with _survive_store("lookup", "computing instead"):
             return await self.store.get_many(keys)
-        except asyncio.CancelledError:
-            if _cancelled():
-                raise
-            logger.exception("cache lookup leaked a cancellation; computing instead")
-        except Exception:
-            logger.exception("cache lookup failed; computing instead")
         return [None] * len(keys)
 
     async def _store(self, entries: dict[str, bytes]) -> None:
         """Vectors already computed are returned even if storing them fails."""
-        try:
+        with _survive_store("store", "vectors served uncached"):
             await self.store.set_many(entries)
-        except asyncio.CancelledError:
-            if _cancelled():
-                raise
-            logger.exception("cache store leaked a cancellation; vectors served uncached")
-        except Exception:
-            logger.exception("cache store failed; vectors served uncached")
 
     def _partition(
         self, keys: Sequence[str], rows: list[np.ndarray | None], *, join: bool

@@ -31,8 +31,11 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def decode_image(data: bytes, *, max_pixels: int, param: str) -> Image:
-    """Open, bound, orient and convert to RGB; every failure is the client's 400."""
+def decode_image(data: bytes, *, max_pixels: int, param: str, sha256: str | None = None) -> Image:
+    """Open, bound, orient and convert to RGB; every failure is the client's 400.
+
+    `sha256` is the digest already taken for the cache key, so the bytes are hashed once.
+    """
     if not data:
         raise InvalidRequest(f"{param} is empty", param=param, code="invalid_image")
     try:
@@ -61,7 +64,7 @@ def decode_image(data: bytes, *, max_pixels: int, param: str) -> Image:
         ) from exc
     except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt files
         raise InvalidRequest(f"{param} could not be decoded: {exc}", param=param, code="invalid_image") from exc
-    return Image(data=data, mime=mime, sha256=hashlib.sha256(data).hexdigest(), pixels=rgb)
+    return Image(data=data, mime=mime, sha256=sha256 or hashlib.sha256(data).hexdigest(), pixels=rgb)
 
 
 def decode_base64(text: str, *, param: str) -> bytes:
@@ -112,7 +115,9 @@ class ImageLoader:
 
     async def decode(self, image: EncodedImage) -> Image:
         """Decode on a worker thread: PIL work never runs on the event loop."""
-        return await asyncio.to_thread(decode_image, image.data, max_pixels=self.settings.max_pixels, param=image.param)
+        return await asyncio.to_thread(
+            decode_image, image.data, max_pixels=self.settings.max_pixels, param=image.param, sha256=image.sha256
+        )
 
     async def load(self, source: str, *, param: str) -> EncodedImage:
         """The bytes behind `source` (URL, data URI or bare base64), size-checked and hashed."""
