@@ -17,6 +17,7 @@ from gateway.cache import VectorCache
 from gateway.config import Settings
 from gateway.images import ImageLoader
 from gateway.inputs import InputResolver
+from gateway.openapi import OPENAPI_ROUTES
 from gateway.router import Router, ServedModel
 from gateway.service import EmbeddingService
 from gateway.stores import MemoryStore, RedisStore, TieredStore, VectorStore
@@ -62,11 +63,11 @@ def create_app(settings: Settings, models: Sequence[ServedModel] | None = None) 
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        images = ImageLoader(settings.images)
+        images = ImageLoader(settings.images, settings.limits)
         resolver = InputResolver(images, TokenDecoder(settings.token_encoding))
         store = build_store(settings)
         cache = VectorCache(store, prefix=settings.cache.key_prefix)
-        app.state.service = EmbeddingService(Router(served), resolver, cache, max_inputs=settings.max_inputs)
+        app.state.service = EmbeddingService(Router(served), resolver, cache, max_inputs=settings.limits.max_items)
         if not preloaded:
             await asyncio.to_thread(load_models, served)
         for model in served:
@@ -85,11 +86,11 @@ def create_app(settings: Settings, models: Sequence[ServedModel] | None = None) 
 
     prometheus = metrics.prometheus_config()
     return Litestar(
-        route_handlers=[*ROUTES, metrics.MetricsController],
+        route_handlers=[*ROUTES, *OPENAPI_ROUTES, metrics.MetricsController],
         middleware=[prometheus.middleware],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],
         state=state,
-        request_max_body_size=settings.max_request_bytes,
+        request_max_body_size=settings.limits.max_body_bytes,
         openapi_config=None,
     )

@@ -8,9 +8,9 @@ the YAML file (`--config FILE` or `GATEWAY_CONFIG`), then the defaults below.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -39,14 +39,43 @@ class ModelSettings(BaseModel):
         return dict(self.model_extra or {})
 
 
-class ImageSettings(BaseModel):
-    """Limits on images fetched from URLs and decoded from bytes."""
+class LimitSettings(BaseModel):
+    """Every per-request limit in one place. Each is checked before the work it bounds, and going over
+    one is a 4xx whose message names the setting (`limits.max_text_chars`) and `param` the input."""
 
-    fetch_timeout_s: float = Field(default=10.0, gt=0, description="Total time to fetch one URL.")
-    max_bytes: int = Field(default=20 * 1024 * 1024, gt=0, description="Largest encoded image accepted.")
-    max_pixels: int = Field(default=40_000_000, gt=0, description="Largest width*height (decompression bombs).")
+    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, description="Largest request body (413).")
+    max_items: int = Field(default=2048, ge=1, description="Items (vectors) per request, as OpenAI.")
+    max_parts_per_item: int = Field(default=16, ge=1, description="Parts of one interleaved item.")
+    max_text_chars: int = Field(default=65_536, ge=1, description="Characters of one text part.")
+    max_request_text_chars: int = Field(default=2_000_000, ge=1, description="Characters of all texts of a request.")
+    max_token_ids: int = Field(default=8192, ge=1, description="Token ids of one int[] input, as OpenAI.")
+    max_request_token_ids: int = Field(default=300_000, ge=1, description="Token ids per request, as OpenAI.")
+    max_images: int = Field(default=32, ge=1, description="Image parts per request (Infinity allows 32).")
+    max_image_bytes: int = Field(default=20 * 1024 * 1024, ge=1, description="Encoded bytes of one image.")
+    max_request_image_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1, description="Encoded image bytes per request, fetched and inline."
+    )
+    max_image_pixels: int = Field(
+        default=40_000_000, ge=1, description="width*height of one image, checked from its header before decoding."
+    )
+    max_request_pixels: int = Field(default=120_000_000, ge=1, description="width*height of all images of a request.")
+
+
+class ImageSettings(BaseModel):
+    """How images are fetched from URLs (their sizes are bounded in `limits`)."""
+
+    fetch_timeout_s: float = Field(
+        default=10.0, gt=0, description="Time to fetch one URL, the wait for a fetch slot included."
+    )
+    request_fetch_timeout_s: float = Field(
+        default=30.0, gt=0, description="Time for all of one request's fetches together."
+    )
     max_redirects: int = Field(default=3, ge=0)
     max_concurrent_fetches: int = Field(default=16, ge=1, description="URL fetches in flight, process-wide.")
+    max_fetches_per_request: int = Field(
+        default=4, ge=1, description="URL fetches one request may have in flight, so it cannot take every slot."
+    )
+    dns_threads: int = Field(default=4, ge=1, description="Threads resolving image hosts (apart from decoding).")
     allowed_private_networks: list[str] = Field(
         default_factory=list,
         description="CIDRs that image URLs may resolve to although private, loopback or link-local, "
@@ -77,6 +106,7 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="Interface to listen on.")
     port: int = Field(default=8000, description="Port to listen on.")
     log_level: str = Field(default="info")
+    log_format: Literal["text", "json"] = Field(default="text", description="`json`: one JSON object per log line.")
     models: list[ModelSettings] = Field(
         default_factory=lambda: [
             ModelSettings.model_validate({"name": DEFAULT_MODEL, "provider": "siglip", "model": DEFAULT_MODEL})
@@ -88,11 +118,28 @@ class Settings(BaseSettings):
         default=None, description="redis://[:password@]host:6379/0 (GATEWAY_REDIS_URL); None: in-process cache only."
     )
     cache: CacheSettings = Field(default_factory=CacheSettings)
-    max_inputs: int = Field(default=2048, ge=1, description="Items per request (OpenAI's limit).")
-    max_request_bytes: int = Field(default=64 * 1024 * 1024, description="Largest request body (base64 images).")
+    limits: LimitSettings = Field(default_factory=LimitSettings)
     token_encoding: str = Field(
         default="cl100k_base", description="tiktoken encoding used to decode token-id inputs (LangChain's default)."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lift_legacy_limits(cls, data: Any) -> Any:
+        """Configs written before `limits` existed keep working: their keys move into it."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        legacy = {"max_inputs": "max_items", "max_request_bytes": "max_body_bytes"}
+        images = dict(data.get("images") or {})
+        image_legacy = {"max_bytes": "max_image_bytes", "max_pixels": "max_image_pixels"}
+        lifted = {new: data.pop(old) for old, new in legacy.items() if old in data}
+        lifted |= {new: images.pop(old) for old, new in image_legacy.items() if old in images}
+        if lifted:
+            data["limits"] = {**lifted, **dict(data.get("limits") or {})}
+            if "images" in data:
+                data["images"] = images
+        return data
 
     @field_validator("models")
     @classmethod

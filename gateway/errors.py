@@ -9,6 +9,8 @@
      └── ServiceUnavailable    503    a dependency (model, upstream) failed
 
 Errors raised by providers (`providers.base`) are translated by `from_provider_error`.
+`ERROR_CODES` lists every `code` the gateway answers with, its status and when; the OpenAPI
+document is built from it, and a test checks that every code the source raises is listed.
 """
 
 from __future__ import annotations
@@ -16,6 +18,61 @@ from __future__ import annotations
 from typing import Any
 
 from providers.base import InputRejected, Overloaded, ProviderError
+
+ERROR_CODES: dict[str, tuple[int, str]] = {
+    # 400: the request or one of its inputs
+    "invalid_json": (400, "The body is not JSON, not an object, nested too deeply, or holds a lone surrogate."),
+    "unknown_parameter": (400, "A top-level field OpenAI's schema does not have."),
+    "missing_required_parameter": (400, "`model` or `input` is missing."),
+    "invalid_value": (400, "A field of the wrong type or value (`input_type`, `task`, `dimensions`, `user`)."),
+    "invalid_encoding_format": (400, "`encoding_format` is not `float` or `base64`."),
+    "invalid_dimensions": (400, "`dimensions` is not one the model offers."),
+    "empty_input": (400, "`input`, a string or a token list is empty."),
+    "invalid_input": (400, "An element of `input` has an unknown shape or field; `param` names it."),
+    "too_many_inputs": (400, "More items than `limits.max_items`."),
+    "too_many_parts": (400, "An interleaved item with more parts than `limits.max_parts_per_item`."),
+    "text_too_long": (400, "A text over `limits.max_text_chars`, or all texts over `limits.max_request_text_chars`."),
+    "too_many_tokens": (
+        400,
+        "A token-id input over `limits.max_token_ids`, or all over `limits.max_request_token_ids`.",
+    ),
+    "invalid_token_id": (400, "A token id outside the encoding's vocabulary."),
+    "token_ids_unsupported": (400, "Token-id input while the server has no tiktoken file to decode it."),
+    "too_many_images": (400, "More image parts than `limits.max_images`."),
+    "unsupported_modality": (400, "An image to a text-only model, or the reverse."),
+    "unsupported_input": (400, "An interleaved item to a model that cannot fuse parts."),
+    "invalid_base64": (400, "An image that is not valid base64, or a data URI without `;base64,`."),
+    "invalid_image": (400, "Bytes that are not a supported image, or a truncated one."),
+    "image_too_large": (
+        400,
+        "An image over `limits.max_image_bytes` or `limits.max_image_pixels`, or a request over "
+        "`limits.max_request_image_bytes` or `limits.max_request_pixels`.",
+    ),
+    "invalid_image_url": (400, "An image URL that is malformed or not http(s)."),
+    "image_url_forbidden": (400, "An image URL whose host is not a public address."),
+    "image_fetch_failed": (400, "An image URL that could not be fetched: unreachable, an HTTP error, too slow."),
+    # other 4xx
+    "not_found": (404, "No such route."),
+    "model_not_found": (404, "`model` is not served here."),
+    "method_not_allowed": (405, "The route exists, the method does not."),
+    "request_too_large": (413, "A body over `limits.max_body_bytes`."),
+    "unsupported_media_type": (415, "A body that is not `application/json`."),
+    "unsupported_content_encoding": (415, "A compressed request body (`Content-Encoding`); send it plain."),
+    "server_overloaded": (429, "The model's queue is full; retry after `Retry-After` seconds."),
+    "client_disconnected": (499, "The client left before its answer (logged; nobody reads it)."),
+    # 5xx: the gateway or a dependency; never a wrong vector
+    "internal_error": (500, "A bug; logged with its traceback."),
+    "http_error": (500, "Any other HTTP-level error."),
+    "model_unavailable": (503, "The model failed to compute, or returned malformed vectors."),
+    "interrupted": (503, "The request's work was cancelled inside the gateway; retrying is safe."),
+}
+MAX_ECHO = 80
+
+
+def clip(value: object, limit: int = MAX_ECHO) -> str:
+    """`repr` of a client's value for an error message, cut so a huge input is not echoed back whole."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 12]}...({len(text)} chars)"
 
 
 class GatewayError(Exception):

@@ -22,7 +22,7 @@ import httpx
 from PIL import Image as PILImageModule
 from PIL import ImageOps, UnidentifiedImageError
 
-from gateway.config import ImageSettings
+from gateway.config import ImageSettings, LimitSettings
 from gateway.errors import InvalidRequest
 from providers.base import Image
 
@@ -100,8 +100,11 @@ class EncodedImage:
 class ImageLoader:
     """Fetches and decodes images under the configured limits."""
 
-    def __init__(self, settings: ImageSettings, client: httpx.AsyncClient | None = None) -> None:
+    def __init__(
+        self, settings: ImageSettings, limits: LimitSettings | None = None, client: httpx.AsyncClient | None = None
+    ) -> None:
         self.settings = settings
+        self.limits = limits or LimitSettings()
         self._client = client or httpx.AsyncClient(follow_redirects=False, trust_env=False)
         self._owns_client = client is None
         self._fetch_slots = asyncio.Semaphore(settings.max_concurrent_fetches)
@@ -116,7 +119,7 @@ class ImageLoader:
     async def decode(self, image: EncodedImage) -> Image:
         """Decode on a worker thread: PIL work never runs on the event loop."""
         return await asyncio.to_thread(
-            decode_image, image.data, max_pixels=self.settings.max_pixels, param=image.param, sha256=image.sha256
+            decode_image, image.data, max_pixels=self.limits.max_image_pixels, param=image.param, sha256=image.sha256
         )
 
     async def load(self, source: str, *, param: str) -> EncodedImage:
@@ -134,9 +137,9 @@ class ImageLoader:
             )
         else:
             data = decode_base64(source, param=param)
-        if len(data) > self.settings.max_bytes:
+        if len(data) > self.limits.max_image_bytes:
             raise InvalidRequest(
-                f"{param} is {len(data)} bytes, over the limit of {self.settings.max_bytes}",
+                f"{param} is {len(data)} bytes, over the limit of {self.limits.max_image_bytes}",
                 param=param,
                 code="image_too_large",
             )
@@ -182,7 +185,7 @@ class ImageLoader:
         )
 
     async def _read_capped(self, response: httpx.Response, *, param: str) -> bytes:
-        limit = self.settings.max_bytes
+        limit = self.limits.max_image_bytes
         declared = response.headers.get("content-length", "")
         too_large = InvalidRequest(f"{param} is over the limit of {limit} bytes", param=param, code="image_too_large")
         if declared.isdigit() and int(declared) > limit:

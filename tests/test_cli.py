@@ -77,12 +77,12 @@ def test_yaml_then_environment_then_arguments(tmp_path: Path, monkeypatch: pytes
         images={"max_bytes": 1234},
     )
     settings = load_settings(config)
-    assert (settings.port, settings.host, settings.images.max_bytes) == (9001, "0.0.0.0", 1234)
+    assert (settings.port, settings.host, settings.limits.max_image_bytes) == (9001, "0.0.0.0", 1234)
     assert settings.models[0].provider_options == {"model": "/models/a", "device": "cpu"}
     monkeypatch.setenv("GATEWAY_PORT", "9002")
     monkeypatch.setenv("GATEWAY_IMAGES__MAX_BYTES", "99")
     settings = load_settings(config)
-    assert (settings.port, settings.images.max_bytes, settings.host) == (9002, 99, "0.0.0.0")
+    assert (settings.port, settings.limits.max_image_bytes, settings.host) == (9002, 99, "0.0.0.0")
     assert load_settings(config, port=9003).port == 9003
 
 

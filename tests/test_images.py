@@ -7,7 +7,7 @@ import hashlib
 import pytest
 from PIL import Image
 
-from gateway.config import ImageSettings
+from gateway.config import ImageSettings, LimitSettings
 from gateway.errors import InvalidRequest
 from gateway.images import ImageLoader, decode_image
 from tests.images_data import b64, data_uri, encode, gradient
@@ -69,7 +69,9 @@ async def test_slow_server_times_out(image_host: ImageHost) -> None:
 
 async def test_streamed_body_over_the_byte_cap_is_cut(image_host: ImageHost) -> None:
     image_host.add("/large.bmp", encode(gradient(200, 200), "BMP"))
-    loader = ImageLoader(ImageSettings(allowed_private_networks=["127.0.0.1/32"], max_bytes=10_000))
+    loader = ImageLoader(
+        ImageSettings(allowed_private_networks=["127.0.0.1/32"]), LimitSettings(max_image_bytes=10_000)
+    )
     try:
         with pytest.raises(InvalidRequest) as error:
             await loader.load(image_host.url("/large.bmp"), param="input[0].image")
