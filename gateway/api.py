@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
-from litestar import Request, Response, get, post
+from litestar import Request, Response, get, post, route
 from litestar.datastructures import State
+from litestar.enums import HttpMethod
 from litestar.exceptions import HTTPException
 
 from gateway.cache import CachePolicy
 from gateway.encoding import embedding_body
 from gateway.errors import ClientDisconnected, GatewayError, ServiceUnavailable
-from gateway.schema import parse_request
 from gateway.service import EmbeddingService
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 JSON = "application/json"
+PARSE_ON_LOOP_BYTES = 64 * 1024  # larger bodies are decoded and walked on a worker thread
 
 
 async def _until_disconnect(request: Request[Any, Any, Any]) -> None:
@@ -49,11 +51,18 @@ async def cancel_on_disconnect(request: Request[Any, Any, Any], work: Awaitable[
 async def create_embeddings(request: Request[Any, Any, State], state: State) -> Response[bytes]:
     """OpenAI's `POST /v1/embeddings`, extended with image and interleaved inputs."""
     service: EmbeddingService = state.service
-    embed_request = parse_request(await request.body(), request.headers.get("content-type", ""))
-    policy = CachePolicy.from_header(request.headers.get("cache-control"))
-    result = await cancel_on_disconnect(request, service.embed(embed_request, policy))
-    headers = {"X-Cache-Hits": str(result.cache_hits), "X-Cache-Misses": str(result.cache_misses)}
-    return Response(embedding_body(result, embed_request.encoding_format), media_type=JSON, headers=headers)
+    body = await request.body()
+    headers = request.headers
+    parse = functools.partial(service.parse, body, headers.get("content-type", ""), headers.get("content-encoding", ""))
+    parsed = await asyncio.to_thread(parse) if len(body) > PARSE_ON_LOOP_BYTES else parse()
+    policy = CachePolicy.from_header(headers.get("cache-control"))
+    result = await cancel_on_disconnect(request, service.embed(parsed, policy))
+    cache_headers = {"X-Cache-Hits": str(result.cache_hits), "X-Cache-Misses": str(result.cache_misses)}
+    return Response(
+        embedding_body(result, parsed.request.encoding_format),
+        media_type=JSON,
+        headers=cache_headers if state.expose_cache_headers else None,
+    )
 
 
 def _model_card(model: Any, created: int) -> dict[str, Any]:
@@ -80,7 +89,7 @@ async def retrieve_model(state: State, model_id: str) -> dict[str, Any]:
     return _model_card(state.service.router.resolve(model_id.lstrip("/")), state.started_at)
 
 
-@get("/health", media_type=JSON)
+@route("/health", http_method=[HttpMethod.GET, HttpMethod.HEAD], media_type=JSON)
 async def health() -> dict[str, str]:
     """Liveness: the process answers."""
     return {"status": "ok"}

@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from litestar import Litestar
 from litestar.datastructures import State
@@ -17,12 +18,14 @@ from gateway.cache import VectorCache
 from gateway.config import Settings
 from gateway.images import ImageLoader
 from gateway.inputs import InputResolver
+from gateway.logs import RequestContextMiddleware
 from gateway.openapi import OPENAPI_ROUTES
 from gateway.router import Router, ServedModel
 from gateway.service import EmbeddingService
 from gateway.stores import MemoryStore, RedisStore, TieredStore, VectorStore
-from gateway.tokens import TokenDecoder
+from gateway.tokens import LOAD_TIMEOUT_S, TokenDecoder
 from providers.registry import create_provider
+from providers.torch_device import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -48,28 +51,54 @@ def build_store(settings: Settings) -> VectorStore:
     return TieredStore(memory, redis) if cache.memory_mb > 0 else redis
 
 
+def describe_source(model: ServedModel) -> str:
+    """Where a model's weights come from and where it runs, for the log line before a long load."""
+    options = model.settings.provider_options
+    source = str(options.get("model", "?"))
+    where = f"local directory {source}" if Path(source).is_dir() else f"hub repository {source}"
+    if options.get("revision"):
+        where += f" (revision {options['revision']})"
+    return f"{where} on {resolve_device(str(options.get('device', 'auto')))}"
+
+
 def load_models(models: Sequence[ServedModel]) -> None:
-    """Load weights (blocking); raises the provider's `ModelLoadError`."""
+    """Load weights (blocking, logged before and after); raises the provider's `ModelLoadError`."""
     for model in models:
+        logger.info(
+            "loading model %s (provider %s) from %s", model.name, model.settings.provider, describe_source(model)
+        )
+        started = time.perf_counter()
         model.provider.load()
-        logger.info("loaded model %s (%d dimensions)", model.name, model.dimension)
+        elapsed = time.perf_counter() - started
+        logger.info("loaded model %s (%d dimensions) in %.1f s", model.name, model.dimension, elapsed)
 
 
-def create_app(settings: Settings, models: Sequence[ServedModel] | None = None) -> Litestar:
-    """Build the app; `models` may be pre-loaded (the CLI does, to fail fast with one line)."""
+def create_app(
+    settings: Settings, models: Sequence[ServedModel] | None = None, *, token_load_timeout_s: float = LOAD_TIMEOUT_S
+) -> Litestar:
+    """Build the app; `models` may be pre-loaded (the CLI does, to fail fast with one line).
+
+    Start-up waits at most `token_load_timeout_s` for tiktoken's file (see `gateway.tokens`).
+    """
     preloaded = models is not None
     served = list(models) if models is not None else build_models(settings)
-    state = State({"ready": False, "started_at": int(time.time())})
+    state = State(
+        {"ready": False, "started_at": int(time.time()), "expose_cache_headers": settings.cache.expose_headers}
+    )
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         images = ImageLoader(settings.images, settings.limits)
-        resolver = InputResolver(images, TokenDecoder(settings.token_encoding))
+        resolver = InputResolver(images, TokenDecoder(settings.token_encoding), settings.limits)
         store = build_store(settings)
         cache = VectorCache(store, prefix=settings.cache.key_prefix)
-        app.state.service = EmbeddingService(Router(served), resolver, cache, max_inputs=settings.limits.max_items)
-        if not preloaded:
-            await asyncio.to_thread(load_models, served)
+        app.state.service = EmbeddingService(Router(served), resolver, cache, settings.limits)
+        # Decoders of one encoding share its load, so this one loads the resolver's too.
+        tokens_loaded = TokenDecoder(settings.token_encoding, load_timeout_s=token_load_timeout_s).load()
+        if preloaded:
+            await tokens_loaded
+        else:
+            await asyncio.gather(asyncio.to_thread(load_models, served), tokens_loaded)
         for model in served:
             await model.provider.start()
         collector = metrics.register(served, cache)
@@ -85,7 +114,7 @@ def create_app(settings: Settings, models: Sequence[ServedModel] | None = None) 
             await store.aclose()
 
     prometheus = metrics.prometheus_config()
-    return Litestar(
+    app = Litestar(
         route_handlers=[*ROUTES, *OPENAPI_ROUTES, metrics.MetricsController],
         middleware=[prometheus.middleware],
         exception_handlers=EXCEPTION_HANDLERS,
@@ -93,4 +122,9 @@ def create_app(settings: Settings, models: Sequence[ServedModel] | None = None) 
         state=state,
         request_max_body_size=settings.limits.max_body_bytes,
         openapi_config=None,
+        logging_config=None,  # Litestar's default would replace the root handler that `gateway.logs` set up
     )
+    # Around Litestar's own handler, not in `middleware=`: that runs only for matched routes, and the
+    # request id and access line are wanted on 404s and on errors raised before a handler too.
+    app.asgi_handler = RequestContextMiddleware(app.asgi_handler)
+    return app

@@ -2,8 +2,10 @@
 
 A key is sha256 over (the model's vector space, the options that change a vector, the
 item's content: text bytes or image sha256, parts in order). `encoding_format`, `user`,
-and whether an image came by URL or inline do not enter it. Values are raw little-endian
-float32; a value of the wrong length is treated as a miss, never returned.
+and whether an image came by URL or inline do not enter it. A value is 8 bytes of the key's
+own digest (so a value copied under another key is refused), the item's token count (usage
+is the same whether an item was cached or not) and the little-endian float32 vector. A value
+of the wrong length, bound to another key, non-finite or not of unit length is a miss.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import struct
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -22,7 +25,10 @@ from gateway.inputs import ResolvedItem
 from gateway.stores import VectorStore
 from providers.base import EmbedOptions, Text, Vectors
 
-KEY_VERSION = "v1"
+KEY_VERSION = "v2"  # v2: values bound to their key and carrying tokens; 16-bit greys scaled
+BINDING = 8
+HEADER = BINDING + 4
+NORM_TOLERANCE = 1e-3
 logger = logging.getLogger(__name__)
 
 
@@ -55,15 +61,24 @@ def item_key(prefix: str, space: str, options: EmbedOptions, dimensions: int | N
     return prefix + digest.hexdigest()
 
 
-def encode_vector(vector: np.ndarray) -> bytes:
-    return np.ascontiguousarray(vector, dtype="<f4").tobytes()
+def _binding(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()[:BINDING]
 
 
-def decode_vector(value: bytes | None, dimension: int) -> np.ndarray | None:
-    if value is None or len(value) != 4 * dimension:
+def encode_vector(key: str, vector: np.ndarray, tokens: int) -> bytes:
+    """The stored value: the key's binding, the token count, then the vector."""
+    return _binding(key) + struct.pack("<I", tokens) + np.ascontiguousarray(vector, dtype="<f4").tobytes()
+
+
+def decode_vector(key: str, value: bytes | None, dimension: int) -> tuple[np.ndarray, int] | None:
+    """The vector and token count stored under `key`, or None for anything that is not exactly that."""
+    if value is None or len(value) != HEADER + 4 * dimension or value[:BINDING] != _binding(key):
         return None
-    vector = np.frombuffer(value, dtype="<f4").astype(np.float32)
-    return vector if np.isfinite(vector).all() else None
+    vector = np.frombuffer(value, dtype="<f4", offset=HEADER).astype(np.float32)
+    if not np.isfinite(vector).all() or abs(float(np.linalg.norm(vector)) - 1.0) > NORM_TOLERANCE:
+        return None
+    (tokens,) = struct.unpack_from("<I", value, BINDING)
+    return vector, int(tokens)
 
 
 @contextlib.contextmanager
@@ -91,7 +106,9 @@ class Lookup:
     tokens: int
 
 
-Compute = Callable[[list[int]], Awaitable[tuple[Vectors, int]]]
+Compute = Callable[[list[int]], Awaitable[tuple[Vectors, list[int]]]]
+"""Embeds the items at the given indices: their vectors and each one's token count."""
+Computed = tuple[Vectors, list[int]]
 
 
 class _Flight:
@@ -100,7 +117,7 @@ class _Flight:
     def __init__(self, keys: list[str]) -> None:
         self.keys = keys
         self.waiters = 0
-        self.task: asyncio.Task[tuple[Vectors, int]] | None = None
+        self.task: asyncio.Task[Computed] | None = None
 
 
 class VectorCache:
@@ -119,10 +136,15 @@ class VectorCache:
     async def get_or_compute(
         self, keys: Sequence[str], dimension: int, compute: Compute, policy: CachePolicy
     ) -> Lookup:
-        """Vectors for `keys` in order; `compute(indices)` embeds the items at those indices."""
-        rows: list[np.ndarray | None] = [None] * len(keys)
+        """Vectors for `keys` in order; `compute(indices)` embeds the items at those indices.
+
+        A joined flight that fails was another request's work: its error may name that request's
+        inputs, so this request computes those items itself and only its own errors reach it.
+        """
+        rows: list[tuple[np.ndarray, int] | None] = [None] * len(keys)
         if policy.lookup:
-            rows = [decode_vector(value, dimension) for value in await self._lookup(keys)]
+            values = await self._lookup(keys)
+            rows = [decode_vector(key, value, dimension) for key, value in zip(keys, values, strict=True)]
         stored = sum(row is not None for row in rows)
         joined, mine = self._partition(keys, rows, join=policy.lookup)
         flights = {id(f): f for f, _ in joined.values()}
@@ -131,24 +153,55 @@ class VectorCache:
             flights[id(own)] = own
         for flight in flights.values():  # registered now, so nobody cancels what we wait for
             flight.waiters += 1
-        tokens = 0
+        orphans: dict[str, list[int]] = {}
         try:
             if own is not None:
-                vectors, tokens = await self._wait(own)
-                for position, key in enumerate(own.keys):
-                    for i in mine[key]:
-                        rows[i] = vectors[position]
+                self._fill(rows, own, mine, await self._wait(own))
             for i, (flight, position) in joined.items():
-                rows[i] = (await self._wait(flight))[0][position]
+                computed = await self._joined(flight)
+                if computed is None:
+                    orphans.setdefault(keys[i], []).append(i)
+                else:
+                    rows[i] = (computed[0][position], computed[1][position])
         finally:
             for flight in flights.values():
                 self._leave(flight)
-        hits = stored + len(joined)
+        if orphans:
+            retry = self._start(orphans, compute, store=policy.store)
+            retry.waiters += 1
+            try:
+                self._fill(rows, retry, orphans, await self._wait(retry))
+            finally:
+                self._leave(retry)
+        hits = stored + len(joined) - sum(len(v) for v in orphans.values())
         self.hits += hits
         self.misses += len(keys) - hits
         complete = [row for row in rows if row is not None]
         assert len(complete) == len(keys), "every row is a hit, a computed or a joined vector"
-        return Lookup(np.stack(complete).astype(np.float32), hits, len(keys) - hits, tokens)
+        vectors = np.stack([vector for vector, _ in complete]).astype(np.float32)
+        return Lookup(vectors, hits, len(keys) - hits, sum(tokens for _, tokens in complete))
+
+    async def _joined(self, flight: _Flight) -> Computed | None:
+        """Another request's flight: its result, or None if it failed (for whatever reason: its
+        error belongs to that request) or was cancelled by its own client leaving."""
+        try:
+            return await self._wait(flight)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling() > 0:
+                raise
+            return None
+        except Exception:
+            return None
+
+    @staticmethod
+    def _fill(
+        rows: list[tuple[np.ndarray, int] | None], flight: _Flight, wanted: dict[str, list[int]], computed: Computed
+    ) -> None:
+        vectors, tokens = computed
+        for position, key in enumerate(flight.keys):
+            for i in wanted[key]:
+                rows[i] = (vectors[position], tokens[position])
 
     async def _lookup(self, keys: Sequence[str]) -> list[bytes | None]:
         """A store that breaks its no-raise promise still costs only a miss, never the request."""
@@ -162,7 +215,7 @@ class VectorCache:
             await self.store.set_many(entries)
 
     def _partition(
-        self, keys: Sequence[str], rows: list[np.ndarray | None], *, join: bool
+        self, keys: Sequence[str], rows: Sequence[object | None], *, join: bool
     ) -> tuple[dict[int, tuple[_Flight, int]], dict[str, list[int]]]:
         """Split the misses: those another request is computing, and ours (deduplicated by key)."""
         joined: dict[int, tuple[_Flight, int]] = {}
@@ -180,10 +233,10 @@ class VectorCache:
         """Compute (and store) the given keys; they stay joinable until stored, so none is computed twice."""
         flight = _Flight(list(mine))
 
-        async def run() -> tuple[Vectors, int]:
+        async def run() -> Computed:
             vectors, tokens = await compute([indices[0] for indices in mine.values()])
             if store:
-                await self._store({k: encode_vector(vectors[p]) for p, k in enumerate(flight.keys)})
+                await self._store({k: encode_vector(k, vectors[p], tokens[p]) for p, k in enumerate(flight.keys)})
             return vectors, tokens
 
         flight.task = asyncio.ensure_future(run())
@@ -198,7 +251,7 @@ class VectorCache:
                 del self._in_flight[key]
 
     @staticmethod
-    async def _wait(flight: _Flight) -> tuple[Vectors, int]:
+    async def _wait(flight: _Flight) -> Computed:
         assert flight.task is not None
         return await asyncio.shield(flight.task)
 

@@ -6,12 +6,21 @@ import argparse
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import httpx
 from pydantic import ValidationError
 
 from gateway.config import Settings, load_settings
+from gateway.logs import configure_logging
 from providers.base import ModelLoadError
+
+if TYPE_CHECKING:
+    from gateway.router import ServedModel
+
+logger = logging.getLogger("gateway")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,34 +38,91 @@ def _fail(message: str) -> int:
     return 2
 
 
+def hub_unreachable(endpoint: str, timeout_s: float) -> str | None:
+    """Why the hub at `endpoint` cannot be reached, or None when it answers at all.
+
+    Without this, an offline start waits through the hub client's backoff for every file a
+    processor may have (5 retries, 23 s each: 2 min 20 s for SigLIP2). One HEAD, run in a daemon
+    thread so that DNS is inside the bound too; proxies come from the environment as for the hub.
+    """
+    outcome: list[str | None] = []
+
+    def probe() -> None:
+        try:
+            httpx.head(endpoint, timeout=timeout_s)
+        except httpx.HTTPError as exc:
+            outcome.append(f"{type(exc).__name__}: {exc}")
+        else:
+            outcome.append(None)
+
+    thread = threading.Thread(target=probe, name="hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    return outcome[0] if outcome else f"no answer within {timeout_s:g} s"
+
+
+def _hub_offline_reason(models: list[ServedModel]) -> str | None:
+    """Probe the hub once when a model comes from it; unreachable: the hub client uses its cache only."""
+    from huggingface_hub import constants
+
+    remote = [m.name for m in models if not Path(str(m.settings.provider_options.get("model", ""))).is_dir()]
+    if not remote or constants.HF_HUB_OFFLINE:
+        return None
+    reason = hub_unreachable(constants.ENDPOINT, float(constants.HF_HUB_ETAG_TIMEOUT))
+    if reason is not None:
+        constants.HF_HUB_OFFLINE = True  # what HF_HUB_OFFLINE=1 sets; read by the hub client on every call
+        logger.warning(
+            "the Hugging Face hub at %s is unreachable (%s): loading %s from the local cache only",
+            constants.ENDPOINT,
+            reason,
+            ", ".join(remote),
+        )
+        return f"the hub at {constants.ENDPOINT} is unreachable ({reason})"
+    return None
+
+
 def serve(settings: Settings) -> int:
+    """Load every model (one line and exit code 2 if one cannot load), then serve until stopped."""
     import uvicorn
 
     from gateway.app import build_models, create_app, load_models
 
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level, settings.log_format)
     try:
         models = build_models(settings)
     except (KeyError, ValidationError) as exc:
         return _fail(f"invalid model config: {exc}")
+    offline = _hub_offline_reason(models)
     # The hub client and transformers log each failed attempt; the one line below says it all.
     from huggingface_hub.utils import logging as hub_logging
     from transformers.utils import logging as transformers_logging
 
     hub_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
     transformers_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    if settings.log_format == "json":  # progress bars are not JSON lines; text logs keep them
+        transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     for model in models:
         try:
             load_models([model])
         except ModelLoadError as exc:
             source = model.settings.provider_options.get("model", "?")
             reason = str(exc).rstrip(".")
+            hint = f"; {offline}" if offline else ""
             return _fail(
-                f"could not load model '{model.name}' (provider {model.settings.provider}) from '{source}': {reason}. "
+                f"could not load model '{model.name}' (provider {model.settings.provider}) from '{source}': "
+                f"{reason}{hint}. "
                 "Offline? Download the checkpoint elsewhere and set `model:` in the config to its local directory."
             )
     app = create_app(settings, models)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower())
+    # log_config=None: uvicorn's records go through our handler (text or JSON); our middleware writes the access log.
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        log_config=None,
+        access_log=False,
+    )
     return 0
 
 

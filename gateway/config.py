@@ -76,6 +76,7 @@ class ImageSettings(BaseModel):
         default=4, ge=1, description="URL fetches one request may have in flight, so it cannot take every slot."
     )
     dns_threads: int = Field(default=4, ge=1, description="Threads resolving image hosts (apart from decoding).")
+    decode_threads: int = Field(default=4, ge=1, description="Threads hashing and decoding images.")
     allowed_private_networks: list[str] = Field(
         default_factory=list,
         description="CIDRs that image URLs may resolve to although private, loopback or link-local, "
@@ -91,6 +92,11 @@ class CacheSettings(BaseModel):
     )
     ttl_s: int | None = Field(default=None, gt=0, description="Expiry of Redis entries; None keeps them.")
     key_prefix: str = Field(default="emb:", description="Prefix of every Redis key.")
+    expose_headers: bool = Field(
+        default=False,
+        description="Answer with `X-Cache-Hits` / `X-Cache-Misses`. Off by default: they tell one client "
+        "that another embedded the same input. Turn on when every client is trusted.",
+    )
     redis_cluster: bool = Field(default=False, description="Use redis-py's cluster client for `redis_url`.")
     redis_timeout_s: float = Field(default=0.25, gt=0, description="Socket timeout: a slow Redis becomes a miss.")
     redis_retry_after_s: float = Field(
@@ -106,6 +112,12 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="Interface to listen on.")
     port: int = Field(default=8000, description="Port to listen on.")
     log_level: str = Field(default="info")
+    request_read_timeout_s: float = Field(
+        default=60.0, gt=0, description="A request's headers and body must arrive within this (slow clients)."
+    )
+    max_connections: int = Field(
+        default=2048, ge=1, description="Connections served at once; beyond it uvicorn answers 503."
+    )
     log_format: Literal["text", "json"] = Field(default="text", description="`json`: one JSON object per log line.")
     models: list[ModelSettings] = Field(
         default_factory=lambda: [

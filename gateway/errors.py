@@ -67,6 +67,8 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "interrupted": (503, "The request's work was cancelled inside the gateway; retrying is safe."),
 }
 MAX_ECHO = 80
+MAX_MESSAGE = 1000
+MAX_PARAM = 200
 
 
 def clip(value: object, limit: int = MAX_ECHO) -> str:
@@ -82,6 +84,10 @@ class GatewayError(Exception):
     error_type = "server_error"
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        if len(message) > MAX_MESSAGE:  # a last guard: messages name inputs, never carry them whole
+            message = message[: MAX_MESSAGE - 3] + "..."
+        if param is not None and len(param) > MAX_PARAM:  # a client's field names can be long too
+            param = param[: MAX_PARAM - 3] + "..."
         super().__init__(message)
         self.message = message
         self.param = param

@@ -1,8 +1,9 @@
 """Turn an image reference (http(s) URL, data URI or bare base64) into a decoded `Image`.
 
-URL fetching guards the network: http/https only, a total timeout, a byte cap, a redirect
-cap, a process-wide limit on fetches in flight, and no private, loopback or link-local
-destination unless the config allows its network. Decoding (PIL) runs on a worker thread.
+URLs are fetched by `gateway.fetch.ImageFetcher` (the SSRF guard). Every image is charged to
+its request's `ImageBudget` (encoded bytes, pixels read from the header, fetch slots and a
+deadline) before anything is decoded; hashing, header probes and decoding run on a pool of
+their own, never on the event loop.
 """
 
 from __future__ import annotations
@@ -10,25 +11,27 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import hashlib
 import io
-import ipaddress
-import socket
+import re
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from urllib.parse import urljoin, urlsplit
 
-import httpx
+import numpy as np
 from PIL import Image as PILImageModule
 from PIL import ImageOps, UnidentifiedImageError
+from PIL.Image import Image as PILImage
 
 from gateway.config import ImageSettings, LimitSettings
 from gateway.errors import InvalidRequest
+from gateway.fetch import ImageFetcher
 from providers.base import Image
 
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
+WIDE_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 
 
 def decode_image(data: bytes, *, max_pixels: int, param: str, sha256: str | None = None) -> Image:
@@ -52,7 +55,7 @@ def decode_image(data: bytes, *, max_pixels: int, param: str, sha256: str | None
             mime = PILImageModule.MIME.get(opened.format or "", "application/octet-stream")
             opened.seek(0)  # first frame of animations
             oriented = ImageOps.exif_transpose(opened)
-            rgb = oriented.convert("RGB")
+            rgb = _to_eight_bits(oriented).convert("RGB")
             rgb.load()
     except (PILImageModule.DecompressionBombError, PILImageModule.DecompressionBombWarning) as exc:
         raise InvalidRequest(f"{param} is too large to decode: {exc}", param=param, code="image_too_large") from exc
@@ -65,6 +68,33 @@ def decode_image(data: bytes, *, max_pixels: int, param: str, sha256: str | None
     except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt files
         raise InvalidRequest(f"{param} could not be decoded: {exc}", param=param, code="invalid_image") from exc
     return Image(data=data, mime=mime, sha256=sha256 or hashlib.sha256(data).hexdigest(), pixels=rgb)
+
+
+def _to_eight_bits(image: PILImage) -> PILImage:
+    """16-bit greyscale scaled to 8 bits: PIL's own conversion clips every value over 255 to white."""
+    if image.mode not in WIDE_MODES:
+        return image
+    wide = np.asarray(image, dtype=np.uint32)
+    return PILImageModule.fromarray((wide >> 8).clip(0, 255).astype(np.uint8), "L")
+
+
+def probe_image(data: bytes, *, param: str) -> tuple[int, int]:
+    """Width and height from the header alone, so pixel limits are checked before anything is decoded."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PILImageModule.DecompressionBombWarning)
+            with PILImageModule.open(io.BytesIO(data), formats=FORMATS) as opened:
+                return opened.size
+    except PILImageModule.DecompressionBombError as exc:
+        raise InvalidRequest(f"{param} is too large to decode: {exc}", param=param, code="image_too_large") from exc
+    except UnidentifiedImageError as exc:
+        raise InvalidRequest(
+            f"{param} is not an image in a supported format (png, jpeg, webp, gif, bmp)",
+            param=param,
+            code="invalid_image",
+        ) from exc
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise InvalidRequest(f"{param} could not be decoded: {exc}", param=param, code="invalid_image") from exc
 
 
 def decode_base64(text: str, *, param: str) -> bytes:
@@ -95,138 +125,124 @@ class EncodedImage:
     data: bytes
     sha256: str
     param: str
+    width: int = 0
+    height: int = 0
+
+
+class ImageBudget:
+    """One request's share: encoded bytes and pixels left, its own fetch slots, and a deadline for
+    all its fetches. Charged where bytes are read and before any pixel is decoded."""
+
+    def __init__(self, limits: LimitSettings, settings: ImageSettings) -> None:
+        self.limits = limits
+        self.bytes_left = limits.max_request_image_bytes
+        self.pixels_left = limits.max_request_pixels
+        self.fetch_slots = asyncio.Semaphore(settings.max_fetches_per_request)
+        self.deadline = asyncio.get_running_loop().time() + settings.request_fetch_timeout_s
+
+    def charge_bytes(self, size: int, param: str) -> None:
+        self.bytes_left -= size
+        if self.bytes_left < 0:
+            raise InvalidRequest(
+                f"{param} takes the request's images over {self.limits.max_request_image_bytes} encoded bytes "
+                "(limits.max_request_image_bytes)",
+                param=param,
+                code="image_too_large",
+            )
+
+    def charge_pixels(self, pixels: int, param: str) -> None:
+        self.pixels_left -= pixels
+        if self.pixels_left < 0:
+            raise InvalidRequest(
+                f"{param} takes the request's images over {self.limits.max_request_pixels} pixels "
+                "(limits.max_request_pixels)",
+                param=param,
+                code="image_too_large",
+            )
 
 
 class ImageLoader:
     """Fetches and decodes images under the configured limits."""
 
-    def __init__(
-        self, settings: ImageSettings, limits: LimitSettings | None = None, client: httpx.AsyncClient | None = None
-    ) -> None:
+    def __init__(self, settings: ImageSettings, limits: LimitSettings | None = None) -> None:
         self.settings = settings
         self.limits = limits or LimitSettings()
-        self._client = client or httpx.AsyncClient(follow_redirects=False, trust_env=False)
-        self._owns_client = client is None
-        self._fetch_slots = asyncio.Semaphore(settings.max_concurrent_fetches)
-        self._allowed: list[IPNetwork] = [
-            ipaddress.ip_network(n, strict=False) for n in settings.allowed_private_networks
-        ]
+        self._fetcher = ImageFetcher(settings)
+        # Its own pool: decoding never waits behind DNS lookups or other blocking work on the default one.
+        self._decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="image-decode")
+
+    def budget(self) -> ImageBudget:
+        """A fresh budget for one request."""
+        return ImageBudget(self.limits, self.settings)
 
     async def aclose(self) -> None:
-        if self._owns_client:
-            await self._client.aclose()
+        await self._fetcher.aclose()
+        self._decode_pool.shutdown(wait=False, cancel_futures=True)
 
     async def decode(self, image: EncodedImage) -> Image:
-        """Decode on a worker thread: PIL work never runs on the event loop."""
-        return await asyncio.to_thread(
+        """Decode on the decode pool: PIL work never runs on the event loop."""
+        decode = functools.partial(
             decode_image, image.data, max_pixels=self.limits.max_image_pixels, param=image.param, sha256=image.sha256
         )
+        return await asyncio.get_running_loop().run_in_executor(self._decode_pool, decode)
 
-    async def load(self, source: str, *, param: str) -> EncodedImage:
-        """The bytes behind `source` (URL, data URI or bare base64), size-checked and hashed."""
-        scheme = urlsplit(source).scheme.lower() if "://" in source[:16] or source.startswith("data:") else ""
-        if scheme in ("http", "https"):
-            data = await self.fetch(source, param=param)
-        elif scheme == "data":
-            data = parse_data_uri(source, param=param)
-        elif scheme:
-            raise InvalidRequest(
-                f"{param} uses the scheme '{scheme}'; send an http(s) URL, a data URI or base64",
-                param=param,
-                code="invalid_image_url",
-            )
-        else:
-            data = decode_base64(source, param=param)
+    async def load(self, source: str, *, param: str, budget: ImageBudget | None = None) -> EncodedImage:
+        """The bytes behind `source` (URL, data URI or bare base64): size-checked, hashed, and its header
+        read, so the request's byte and pixel budgets are charged before anything is decoded."""
+        budget = budget or self.budget()
+        data = await self._read(source, param=param, budget=budget)
         if len(data) > self.limits.max_image_bytes:
             raise InvalidRequest(
-                f"{param} is {len(data)} bytes, over the limit of {self.limits.max_image_bytes}",
+                f"{param} is {len(data)} bytes, over the limit of {self.limits.max_image_bytes} "
+                "(limits.max_image_bytes)",
                 param=param,
                 code="image_too_large",
             )
         if not data:
             raise InvalidRequest(f"{param} is empty", param=param, code="invalid_image")
-        return EncodedImage(data, hashlib.sha256(data).hexdigest(), param)
+        budget.charge_bytes(len(data), param)
+        inspect = functools.partial(_inspect, data, param=param)
+        digest, (width, height) = await asyncio.get_running_loop().run_in_executor(self._decode_pool, inspect)
+        if width * height > self.limits.max_image_pixels:
+            raise InvalidRequest(
+                f"{param} is {width}x{height} pixels, over the limit of {self.limits.max_image_pixels} "
+                "(limits.max_image_pixels)",
+                param=param,
+                code="image_too_large",
+            )
+        budget.charge_pixels(width * height, param)
+        return EncodedImage(data, digest, param, width, height)
 
-    async def fetch(self, url: str, *, param: str) -> bytes:
-        """GET `url` with the SSRF guard checked on every hop."""
-        async with self._fetch_slots:
+    async def _read(self, source: str, *, param: str, budget: ImageBudget) -> bytes:
+        scheme_match = SCHEME.match(source) if "://" in source[:16] or source.startswith("data:") else None
+        scheme = scheme_match.group(1).lower() if scheme_match else ""
+        if scheme in ("http", "https"):
             try:
-                async with asyncio.timeout(self.settings.fetch_timeout_s):
-                    return await self._follow(url, param=param)
+                async with asyncio.timeout_at(budget.deadline), budget.fetch_slots:
+                    return await self._fetcher.fetch(source, param=param, max_bytes=self.limits.max_image_bytes)
             except TimeoutError as exc:
                 raise InvalidRequest(
-                    f"{param}: fetching the image timed out after {self.settings.fetch_timeout_s:g}s",
+                    f"{param}: the request's image fetches took over {self.settings.request_fetch_timeout_s:g}s "
+                    "(images.request_fetch_timeout_s)",
                     param=param,
                     code="image_fetch_failed",
                 ) from exc
-            except httpx.HTTPError as exc:
-                raise InvalidRequest(
-                    f"{param}: the image could not be fetched ({type(exc).__name__}: {exc})",
-                    param=param,
-                    code="image_fetch_failed",
-                ) from exc
-
-    async def _follow(self, url: str, *, param: str) -> bytes:
-        for _ in range(self.settings.max_redirects + 1):
-            await self._check_destination(url, param=param)
-            async with self._client.stream("GET", url) as response:
-                if response.is_redirect and "location" in response.headers:
-                    url = urljoin(url, response.headers["location"])
-                    continue
-                if response.status_code != 200:
-                    raise InvalidRequest(
-                        f"{param}: the image URL answered HTTP {response.status_code}",
-                        param=param,
-                        code="image_fetch_failed",
-                    )
-                return await self._read_capped(response, param=param)
-        raise InvalidRequest(
-            f"{param}: more than {self.settings.max_redirects} redirects", param=param, code="image_fetch_failed"
-        )
-
-    async def _read_capped(self, response: httpx.Response, *, param: str) -> bytes:
-        limit = self.limits.max_image_bytes
-        declared = response.headers.get("content-length", "")
-        too_large = InvalidRequest(f"{param} is over the limit of {limit} bytes", param=param, code="image_too_large")
-        if declared.isdigit() and int(declared) > limit:
-            raise too_large
-        buffer = bytearray()
-        async for chunk in response.aiter_bytes():
-            buffer += chunk
-            if len(buffer) > limit:
-                raise too_large
-        return bytes(buffer)
-
-    async def _check_destination(self, url: str, *, param: str) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise InvalidRequest(f"{param}: only http(s) URLs can be fetched", param=param, code="invalid_image_url")
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        try:
-            infos = await asyncio.get_running_loop().getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
-        except OSError as exc:
+        if len(source) > 4 * (self.limits.max_image_bytes // 3) + 1024:  # refused before decoding base64
             raise InvalidRequest(
-                f"{param}: the host {parts.hostname!r} could not be resolved", param=param, code="image_fetch_failed"
-            ) from exc
-        for info in infos:
-            address = ipaddress.ip_address(info[4][0])
-            if _is_internal(address) and not any(address in net for net in self._allowed):
-                raise InvalidRequest(
-                    f"{param}: the URL points at a private, loopback or link-local address ({address}), "
-                    "which this gateway does not fetch",
-                    param=param,
-                    code="image_url_forbidden",
-                )
+                f"{param} is over the limit of {self.limits.max_image_bytes} bytes (limits.max_image_bytes)",
+                param=param,
+                code="image_too_large",
+            )
+        if scheme == "data":
+            return parse_data_uri(source, param=param)
+        if scheme:
+            raise InvalidRequest(
+                f"{param} uses the scheme '{scheme}'; send an http(s) URL, a data URI or base64",
+                param=param,
+                code="invalid_image_url",
+            )
+        return decode_base64(source, param=param)
 
 
-def _is_internal(address: IPAddress) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return (
-        address.is_private
-        or address.is_loopback
-        or address.is_link_local
-        or address.is_reserved
-        or address.is_multicast
-        or address.is_unspecified
-    )
+def _inspect(data: bytes, *, param: str) -> tuple[str, tuple[int, int]]:
+    return hashlib.sha256(data).hexdigest(), probe_image(data, param=param)

@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.errors import InvalidRequest
+from gateway.config import LimitSettings
+from gateway.errors import InvalidRequest, clip
 from gateway.images import EncodedImage, ImageLoader
 from gateway.tokens import TokenDecoder
 from providers.base import Image, Item, Modality, Text
@@ -44,120 +45,186 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _text(value: Any, param: str) -> PartSpec:
-    if not isinstance(value, str):
-        raise InvalidRequest(f"{param} must be a string", param=param, code="invalid_input")
-    if not value:
-        raise InvalidRequest(f"{param} is an empty string", param=param, code="empty_input")
-    return PartSpec(Modality.TEXT, value, param)
-
-
-def _image(value: Any, param: str) -> PartSpec:
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidRequest(
-            f"{param} must be a non-empty string: an http(s) URL, a data URI or base64",
-            param=param,
-            code="invalid_input",
-        )
-    return PartSpec(Modality.IMAGE, value.strip(), param)
-
-
-def _tokens(value: list[Any], param: str) -> PartSpec:
-    if not value:
-        raise InvalidRequest(f"{param} is an empty list of token ids", param=param, code="empty_input")
-    if not all(_is_int(token) for token in value):
-        raise InvalidRequest(
-            f"{param} must be a string or a list of integer token ids", param=param, code="invalid_input"
-        )
-    return PartSpec(Modality.TEXT, list(value), param)
-
-
 def _only(obj: dict[str, Any], allowed: set[str], param: str) -> None:
     extra = sorted(set(obj) - allowed)
     if extra:
         raise InvalidRequest(
-            f"{param} has unknown field '{extra[0]}'", param=f"{param}.{extra[0]}", code="invalid_input"
+            f"{param} has unknown field {clip(extra[0])}", param=f"{param}.{extra[0]}", code="invalid_input"
         )
 
 
-def _part(obj: Any, param: str) -> PartSpec:
-    """One part in any of the Jina, OpenAI or Voyage spellings."""
-    if isinstance(obj, str):
-        return _text(obj, param)
-    if not isinstance(obj, dict):
-        raise InvalidRequest(f"{param} must be a string or an object", param=param, code="invalid_input")
-    kind = obj.get("type")
-    if kind is None:
-        if "text" in obj and "image" not in obj:
-            _only(obj, {"text"}, param)
-            return _text(obj["text"], f"{param}.text")
-        if "image" in obj and "text" not in obj:
-            _only(obj, {"image"}, param)
-            return _image(obj["image"], f"{param}.image")
-        raise InvalidRequest(
-            f"{param} must have exactly one of 'text' or 'image' (use 'content' to combine parts)",
-            param=param,
-            code="invalid_input",
-        )
-    if kind == "text":
-        _only(obj, {"type", "text"}, param)
-        return _text(obj.get("text"), f"{param}.text")
-    if kind == "image_url":
-        _only(obj, {"type", "image_url"}, param)
-        url = obj.get("image_url")
-        if isinstance(url, dict):
-            _only(url, {"url", "detail"}, f"{param}.image_url")
-            return _image(url.get("url"), f"{param}.image_url.url")
-        return _image(url, f"{param}.image_url")
-    if kind == "image_base64":
-        _only(obj, {"type", "image_base64"}, param)
-        return _image(obj.get("image_base64"), f"{param}.image_base64")
-    raise InvalidRequest(
-        f"{param}.type must be 'text', 'image_url' or 'image_base64', got {kind!r}",
-        param=f"{param}.type",
-        code="invalid_input",
-    )
+class InputParser:
+    """Walks `input` once, naming every element and charging the request's limits as it goes.
 
+    Every count is checked before the work it bounds: a list's length before its elements are
+    looked at, a text's length before any tokeniser sees it.
+    """
 
-def _item(obj: Any, param: str) -> ItemSpec:
-    if isinstance(obj, list):
-        return ItemSpec(param, (_tokens(obj, param),))
-    if isinstance(obj, dict) and "content" in obj:
-        _only(obj, {"content"}, param)
-        content = obj["content"]
-        if not isinstance(content, list) or not content:
+    def __init__(self, limits: LimitSettings) -> None:
+        self.limits = limits
+        self.text_chars = 0
+        self.token_ids = 0
+        self.images = 0
+
+    def parse(self, value: Any) -> list[ItemSpec]:
+        """Check the shape of `input` and name every element; no I/O."""
+        limits = self.limits
+        if isinstance(value, str):
+            return [ItemSpec("input", (self._text(value, "input"),))]
+        if isinstance(value, dict):
+            return [self._item(value, "input")]
+        if not isinstance(value, list):
             raise InvalidRequest(
-                f"{param}.content must be a non-empty list of parts", param=f"{param}.content", code="invalid_input"
+                "input must be a string, an array, or an item object", param="input", code="invalid_input"
             )
-        return ItemSpec(param, tuple(_part(p, f"{param}.content[{i}]") for i, p in enumerate(content)))
-    if _is_int(obj):
+        if not value:
+            raise InvalidRequest("input must not be empty", param="input", code="empty_input")
+        if _is_int(value[0]):  # a flat int[] is one input of token ids, however long
+            return [ItemSpec("input", (self._tokens(value, "input"),))]
+        if len(value) > limits.max_items:
+            raise InvalidRequest(
+                f"input has {len(value)} items; at most {limits.max_items} are allowed per request (limits.max_items)",
+                param="input",
+                code="too_many_inputs",
+            )
+        return [self._item(v, f"input[{i}]") for i, v in enumerate(value)]
+
+    def _text(self, value: Any, param: str) -> PartSpec:
+        if not isinstance(value, str):
+            raise InvalidRequest(f"{param} must be a string", param=param, code="invalid_input")
+        if not value:
+            raise InvalidRequest(f"{param} is an empty string", param=param, code="empty_input")
+        limit = self.limits.max_text_chars
+        if len(value) > limit:
+            raise InvalidRequest(
+                f"{param} has {len(value)} characters, over the limit of {limit} (limits.max_text_chars)",
+                param=param,
+                code="text_too_long",
+            )
+        self.text_chars += len(value)
+        if self.text_chars > self.limits.max_request_text_chars:
+            raise InvalidRequest(
+                f"the texts up to {param} have {self.text_chars} characters, over the request's limit of "
+                f"{self.limits.max_request_text_chars} (limits.max_request_text_chars)",
+                param=param,
+                code="text_too_long",
+            )
+        return PartSpec(Modality.TEXT, value, param)
+
+    def _tokens(self, value: list[Any], param: str) -> PartSpec:
+        if not value:
+            raise InvalidRequest(f"{param} is an empty list of token ids", param=param, code="empty_input")
+        limit = self.limits.max_token_ids
+        if len(value) > limit:
+            raise InvalidRequest(
+                f"{param} has {len(value)} token ids, over the limit of {limit} (limits.max_token_ids)",
+                param=param,
+                code="too_many_tokens",
+            )
+        self.token_ids += len(value)
+        if self.token_ids > self.limits.max_request_token_ids:
+            raise InvalidRequest(
+                f"the token ids up to {param} number {self.token_ids}, over the request's limit of "
+                f"{self.limits.max_request_token_ids} (limits.max_request_token_ids)",
+                param=param,
+                code="too_many_tokens",
+            )
+        for position, token in enumerate(value):
+            if not _is_int(token):
+                raise InvalidRequest(
+                    f"{param}[{position}] is not an integer: send a string or a list of integer token ids",
+                    param=f"{param}[{position}]",
+                    code="invalid_input",
+                )
+        return PartSpec(Modality.TEXT, value, param)
+
+    def _image(self, value: Any, param: str) -> PartSpec:
+        if not isinstance(value, str) or not value.strip():
+            raise InvalidRequest(
+                f"{param} must be a non-empty string: an http(s) URL, a data URI or base64",
+                param=param,
+                code="invalid_input",
+            )
+        self.images += 1
+        if self.images > self.limits.max_images:
+            raise InvalidRequest(
+                f"{param} is image number {self.images}; at most {self.limits.max_images} are allowed per "
+                "request (limits.max_images)",
+                param=param,
+                code="too_many_images",
+            )
+        return PartSpec(Modality.IMAGE, value.strip(), param)
+
+    def _part(self, obj: Any, param: str) -> PartSpec:
+        """One part in any of the Jina, OpenAI or Voyage spellings."""
+        if isinstance(obj, str):
+            return self._text(obj, param)
+        if not isinstance(obj, dict):
+            raise InvalidRequest(f"{param} must be a string or an object", param=param, code="invalid_input")
+        kind = obj.get("type")
+        if kind is None:
+            if "text" in obj and "image" not in obj:
+                _only(obj, {"text"}, param)
+                return self._text(obj["text"], f"{param}.text")
+            if "image" in obj and "text" not in obj:
+                _only(obj, {"image"}, param)
+                return self._image(obj["image"], f"{param}.image")
+            raise InvalidRequest(
+                f"{param} must have exactly one of 'text' or 'image' (use 'content' to combine parts)",
+                param=param,
+                code="invalid_input",
+            )
+        if kind == "text":
+            _only(obj, {"type", "text"}, param)
+            return self._text(obj.get("text"), f"{param}.text")
+        if kind == "image_url":
+            _only(obj, {"type", "image_url"}, param)
+            url = obj.get("image_url")
+            if isinstance(url, dict):
+                _only(url, {"url", "detail"}, f"{param}.image_url")
+                return self._image(url.get("url"), f"{param}.image_url.url")
+            return self._image(url, f"{param}.image_url")
+        if kind == "image_base64":
+            _only(obj, {"type", "image_base64"}, param)
+            return self._image(obj.get("image_base64"), f"{param}.image_base64")
         raise InvalidRequest(
-            f"{param} is a token id; send int[] or int[][] only, not mixed with other items",
-            param=param,
+            f"{param}.type must be 'text', 'image_url' or 'image_base64', got {clip(kind)}",
+            param=f"{param}.type",
             code="invalid_input",
         )
-    return ItemSpec(param, (_part(obj, param),))
+
+    def _item(self, obj: Any, param: str) -> ItemSpec:
+        if isinstance(obj, list):
+            return ItemSpec(param, (self._tokens(obj, param),))
+        if isinstance(obj, dict) and "content" in obj:
+            _only(obj, {"content"}, param)
+            content = obj["content"]
+            if not isinstance(content, list) or not content:
+                raise InvalidRequest(
+                    f"{param}.content must be a non-empty list of parts",
+                    param=f"{param}.content",
+                    code="invalid_input",
+                )
+            limit = self.limits.max_parts_per_item
+            if len(content) > limit:
+                raise InvalidRequest(
+                    f"{param}.content has {len(content)} parts, over the limit of {limit} (limits.max_parts_per_item)",
+                    param=f"{param}.content",
+                    code="too_many_parts",
+                )
+            return ItemSpec(param, tuple(self._part(p, f"{param}.content[{i}]") for i, p in enumerate(content)))
+        if _is_int(obj):
+            raise InvalidRequest(
+                f"{param} is a token id; send int[] or int[][] only, not mixed with other items",
+                param=param,
+                code="invalid_input",
+            )
+        return ItemSpec(param, (self._part(obj, param),))
 
 
-def parse_input(value: Any, *, max_items: int) -> list[ItemSpec]:
-    """Check the shape of `input` and name every element; no I/O."""
-    if isinstance(value, str):
-        return [ItemSpec("input", (_text(value, "input"),))]
-    if isinstance(value, dict):
-        return [_item(value, "input")]
-    if not isinstance(value, list):
-        raise InvalidRequest("input must be a string, an array, or an item object", param="input", code="invalid_input")
-    if not value:
-        raise InvalidRequest("input must not be empty", param="input", code="empty_input")
-    if len(value) > max_items:
-        raise InvalidRequest(
-            f"input has {len(value)} items; at most {max_items} are allowed per request",
-            param="input",
-            code="too_many_inputs",
-        )
-    if all(_is_int(v) for v in value):
-        return [ItemSpec("input", (_tokens(value, "input"),))]
-    return [_item(v, f"input[{i}]") for i, v in enumerate(value)]
+def parse_input(value: Any, *, limits: LimitSettings) -> list[ItemSpec]:
+    """Check the shape of `input` under `limits` and name every element; no I/O."""
+    return InputParser(limits).parse(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,40 +235,66 @@ class ResolvedItem:
 
 
 class InputResolver:
-    """Resolves specs: token ids decoded, images fetched once each; decoding waits for `decode`."""
+    """Resolves specs: token ids decoded, each distinct image source loaded once under the request's
+    image budget; decoding waits for `decode`, which only the items about to be computed reach."""
 
-    def __init__(self, images: ImageLoader, tokens: TokenDecoder) -> None:
+    def __init__(self, images: ImageLoader, tokens: TokenDecoder, limits: LimitSettings) -> None:
         self.images = images
         self.tokens = tokens
+        self.limits = limits
 
     async def resolve(self, specs: list[ItemSpec]) -> list[ResolvedItem]:
         parts: dict[int, Text | EncodedImage] = {}
-        image_specs: list[PartSpec] = []
+        sources: dict[str, PartSpec] = {}  # the same URL or bytes twice in a request: loaded once
         for spec in specs:
             for part in spec.parts:
                 if part.modality is Modality.IMAGE:
-                    image_specs.append(part)
+                    sources.setdefault(str(part.value), part)
                 elif isinstance(part.value, list):
                     parts[id(part)] = Text(self.tokens.decode(part.value, param=part.param))
                 else:
                     parts[id(part)] = Text(part.value)
-        loaded = await asyncio.gather(
-            *(self.images.load(str(part.value), param=part.param) for part in image_specs), return_exceptions=True
-        )
-        for part, result in zip(image_specs, loaded, strict=True):
-            if isinstance(result, BaseException):  # the first failure in input order names its element
-                raise result
-            parts[id(part)] = result
+        budget = self.images.budget()
+        loaded: dict[str, EncodedImage] = {}
+        try:
+            async with asyncio.TaskGroup() as group:  # the first failure cancels the other fetches
+                tasks = {
+                    source: group.create_task(self.images.load(source, param=part.param, budget=budget))
+                    for source, part in sources.items()
+                }
+        except BaseExceptionGroup as errors:
+            raise _first_in_input_order(errors, list(sources.values())) from None
+        loaded = {source: task.result() for source, task in tasks.items()}
+        for spec in specs:
+            for part in spec.parts:
+                if part.modality is Modality.IMAGE:
+                    parts[id(part)] = loaded[str(part.value)]
         return [ResolvedItem(tuple(parts[id(part)] for part in spec.parts)) for spec in specs]
 
     async def decode(self, items: Sequence[ResolvedItem]) -> list[Item]:
         """Decode the images of `items` (only those about to be computed) into model-ready parts."""
-        encoded = {id(p): p for item in items for p in item.parts if isinstance(p, EncodedImage)}
-        decoded = await asyncio.gather(*(self.images.decode(p) for p in encoded.values()), return_exceptions=True)
-        for result in decoded:
-            if isinstance(result, BaseException):
-                raise result
-        images: dict[int, Image] = {
-            key: image for key, image in zip(encoded, decoded, strict=True) if isinstance(image, Image)
-        }
-        return [Item(tuple(p if isinstance(p, Text) else images[id(p)] for p in item.parts)) for item in items]
+        encoded = {image.sha256: image for item in items for image in item.parts if isinstance(image, EncodedImage)}
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = {digest: group.create_task(self.images.decode(image)) for digest, image in encoded.items()}
+        except BaseExceptionGroup as errors:
+            raise _first_in_input_order(errors, []) from None
+        images: dict[str, Image] = {digest: task.result() for digest, task in tasks.items()}
+        return [Item(tuple(p if isinstance(p, Text) else images[p.sha256] for p in item.parts)) for item in items]
+
+
+def _first_in_input_order(errors: BaseExceptionGroup[BaseException], parts: list[PartSpec]) -> BaseException:
+    """The error of the earliest input among those that failed, so a retry fixes inputs in order."""
+    order = {part.param: i for i, part in enumerate(parts)}
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [errors]
+    while pending:
+        error = pending.pop()
+        if isinstance(error, BaseExceptionGroup):
+            pending.extend(error.exceptions)
+        else:
+            leaves.append(error)
+    client = [e for e in leaves if isinstance(e, InvalidRequest)]
+    if not client:
+        return leaves[0]
+    return min(client, key=lambda e: order.get(e.param or "", len(order)))

@@ -2,16 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from gateway.cache import CachePolicy, VectorCache
+from gateway.config import LimitSettings
 from gateway.errors import ServiceUnavailable, from_provider_error
-from gateway.inputs import InputResolver, parse_input
-from gateway.router import Router
-from gateway.schema import EmbeddingRequest
-from providers.base import EmbedOptions, ProviderError, Vectors
+from gateway.images import EncodedImage
+from gateway.inputs import InputResolver, ItemSpec, ResolvedItem, parse_input
+from gateway.router import Router, ServedModel
+from gateway.schema import EmbeddingRequest, parse_request
+from providers.base import EmbedOptions, Item, ProviderError, Vectors
+
+DECODE_BATCH_IMAGES = 8
+"""Images decoded at once per request: one engine batch's worth (8 per pass on CPU), decoded while
+the previous one runs, so a request of many large images never holds all their pixels at once."""
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedRequest:
+    """A request whose body is decoded and whose `input` is walked and named, under the limits."""
+
+    request: EmbeddingRequest
+    specs: list[ItemSpec]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,37 +49,89 @@ def truncate(vectors: Vectors, dimensions: int) -> Vectors:
     return normalised
 
 
+def decode_groups(items: Sequence[ResolvedItem], indices: list[int], max_images: int) -> list[list[int]]:
+    """Split `indices` into runs holding at most `max_images` images each (texts ride along)."""
+    groups: list[list[int]] = [[]]
+    images = 0
+    for i in indices:
+        count = sum(isinstance(part, EncodedImage) for part in items[i].parts)
+        if groups[-1] and images + count > max_images:
+            groups.append([])
+            images = 0
+        groups[-1].append(i)
+        images += count
+    return groups
+
+
 class EmbeddingService:
     """Validates a request against its model, resolves inputs, serves cached vectors, computes the rest."""
 
-    def __init__(self, router: Router, resolver: InputResolver, cache: VectorCache, *, max_inputs: int) -> None:
+    def __init__(self, router: Router, resolver: InputResolver, cache: VectorCache, limits: LimitSettings) -> None:
         self.router = router
         self.resolver = resolver
         self.cache = cache
-        self.max_inputs = max_inputs
+        self.limits = limits
 
-    async def embed(self, request: EmbeddingRequest, policy: CachePolicy | None = None) -> Embeddings:
+    def parse(self, body: bytes, content_type: str, content_encoding: str = "") -> ParsedRequest:
+        """Decode and walk a body (CPU work: the caller runs large ones off the event loop)."""
+        request = parse_request(body, content_type, content_encoding)
+        return ParsedRequest(request, parse_input(request.input, limits=self.limits))
+
+    async def embed(self, parsed: ParsedRequest, policy: CachePolicy | None = None) -> Embeddings:
+        request, specs = parsed.request, parsed.specs
         model = self.router.resolve(request.model)
         options = EmbedOptions(input_type=request.resolved_input_type())
-        specs = parse_input(request.input, max_items=self.max_inputs)
         model.check_items(specs)
         dimensions = model.check_dimensions(request.dimensions)
         resolved = await self.resolver.resolve(specs)
+
+        async def compute(indices: list[int]) -> tuple[Vectors, list[int]]:
+            return await self._compute(
+                model, indices, options=options, dimensions=dimensions, specs=specs, resolved=resolved
+            )
+
         space = model.provider.info.space
-
-        async def compute(indices: list[int]) -> tuple[Vectors, int]:
-            items = await self.resolver.decode([resolved[i] for i in indices])
-            try:
-                result = await model.provider.embed(items, options)
-            except ProviderError as exc:
-                raise from_provider_error(exc, [specs[i].param for i in indices]) from exc
-            vectors = result.vectors
-            if vectors.shape != (len(items), model.dimension) or not np.isfinite(vectors).all():
-                raise ServiceUnavailable(
-                    f"model '{model.name}' returned malformed vectors {vectors.shape}", code="model_unavailable"
-                )
-            return (truncate(vectors, dimensions) if dimensions else vectors), result.tokens
-
         keys = [self.cache.key(space, options, dimensions, item) for item in resolved]
         found = await self.cache.get_or_compute(keys, dimensions or model.dimension, compute, policy or CachePolicy())
         return Embeddings(model.name, found.vectors, found.tokens, found.hits, found.misses)
+
+    async def _compute(
+        self,
+        model: ServedModel,
+        indices: list[int],
+        *,
+        options: EmbedOptions,
+        dimensions: int | None,
+        specs: Sequence[ItemSpec],
+        resolved: Sequence[ResolvedItem],
+    ) -> tuple[Vectors, list[int]]:
+        """Embed the items at `indices`, decoding one batch of images while the previous one runs."""
+        groups = decode_groups(resolved, indices, DECODE_BATCH_IMAGES)
+        rows: list[Vectors] = []
+        tokens: list[int] = []
+        upcoming: asyncio.Task[list[Item]] | None = asyncio.ensure_future(
+            self.resolver.decode([resolved[i] for i in groups[0]])
+        )
+        try:
+            for number, group in enumerate(groups):
+                assert upcoming is not None
+                items = await upcoming
+                upcoming = None
+                if number + 1 < len(groups):
+                    upcoming = asyncio.ensure_future(self.resolver.decode([resolved[i] for i in groups[number + 1]]))
+                try:
+                    result = await model.provider.embed(items, options)
+                except ProviderError as exc:
+                    raise from_provider_error(exc, [specs[i].param for i in group]) from exc
+                vectors = result.vectors
+                if vectors.shape != (len(items), model.dimension) or not np.isfinite(vectors).all():
+                    raise ServiceUnavailable(
+                        f"model '{model.name}' returned malformed vectors {vectors.shape}", code="model_unavailable"
+                    )
+                rows.append(truncate(vectors, dimensions) if dimensions else vectors)
+                tokens.extend(result.item_tokens or [0] * len(items))
+        finally:
+            if upcoming is not None:
+                upcoming.cancel()
+                await asyncio.wait([upcoming])  # its errors are moot; our own cancellation still propagates
+        return np.concatenate(rows).astype(np.float32, copy=False), tokens

@@ -88,10 +88,15 @@ class EmbedOptions:
 
 @dataclass(frozen=True, slots=True)
 class EmbedResult:
-    """L2-normalised vectors, one row per item, in item order, and the tokens they cost."""
+    """L2-normalised vectors, one row per item, in item order, and the tokens each item cost
+    (kept per item, so a cached item reports the usage it cost when it was computed)."""
 
     vectors: Vectors
-    tokens: int = 0
+    item_tokens: tuple[int, ...] = ()
+
+    @property
+    def tokens(self) -> int:
+        return sum(self.item_tokens)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -92,6 +93,7 @@ class BatchingEngine:
         self._prepare_pool: ThreadPoolExecutor | None = None
         self.batches_run = 0
         self.parts_run = 0
+        self.parts_prepared = 0
         self.forward_seconds = 0.0  # busy time of the forward thread: its rate is the model's utilisation
 
     @property
@@ -120,7 +122,22 @@ class BatchingEngine:
                 pool.shutdown(wait=False, cancel_futures=True)
 
     async def encode(self, parts: Sequence[Part]) -> tuple[Vectors, list[int]]:
-        """Vectors for `parts` (in order) and the tokens each cost."""
+        """Vectors for `parts` (in order) and the tokens each cost.
+
+        A request with more parts than the queue holds is admitted a queue's worth at a time, so
+        it can succeed on a server with room instead of being refused forever.
+        """
+        if len(parts) <= self._max_queue:
+            return await self._encode(parts)
+        vectors: list[Vectors] = []
+        tokens: list[int] = []
+        for start in range(0, len(parts), self._max_queue):
+            chunk_vectors, chunk_tokens = await self._encode(parts[start : start + self._max_queue])
+            vectors.append(chunk_vectors)
+            tokens.extend(chunk_tokens)
+        return np.concatenate(vectors), tokens
+
+    async def _encode(self, parts: Sequence[Part]) -> tuple[Vectors, list[int]]:
         if self._task is None or self._wakeup is None or self._prepare_pool is None:
             raise RuntimeError("engine not started")
         if self._admitted + len(parts) > self._max_queue:
@@ -143,14 +160,27 @@ class BatchingEngine:
             self._admitted -= len(parts)
 
     async def _prepare(self, loop: asyncio.AbstractEventLoop, parts: Sequence[Part]) -> list[Prepared]:
-        """Preprocess on the pool in a few contiguous chunks: parallel, without a hop per part."""
+        """Preprocess on the pool in a few contiguous chunks: parallel, without a hop per part.
+        If the request is cancelled (its client left), the chunks stop at their next part."""
         size = -(-len(parts) // self._preprocess_threads)
         chunks = [parts[i : i + size] for i in range(0, len(parts), size)]
-        done = await asyncio.gather(*(loop.run_in_executor(self._prepare_pool, self._prepare_all, c) for c in chunks))
+        stop = threading.Event()
+        try:
+            done = await asyncio.gather(
+                *(loop.run_in_executor(self._prepare_pool, self._prepare_all, c, stop) for c in chunks)
+            )
+        finally:
+            stop.set()
         return [item for chunk in done for item in chunk]
 
-    def _prepare_all(self, parts: Sequence[Part]) -> list[Prepared]:
-        return [self._encoder.prepare(part) for part in parts]
+    def _prepare_all(self, parts: Sequence[Part], stop: threading.Event) -> list[Prepared]:
+        prepared = []
+        for part in parts:
+            if stop.is_set():
+                raise asyncio.CancelledError
+            prepared.append(self._encoder.prepare(part))
+            self.parts_prepared += 1
+        return prepared
 
     def _next_modality(self) -> Modality | None:
         heads = [(q[0].enqueued_at, m) for m, q in self._queues.items() if q]

@@ -1,8 +1,10 @@
 """A cheap identity for a checkpoint on disk, so a cache never mixes two different weights.
 
 Hub downloads carry a commit hash; a local directory does not, so it is fingerprinted:
-its JSON/tokenizer files in full, and each weight file's size plus its first and last MiB
-(a retrained or re-initialised checkpoint differs there), without reading gigabytes.
+its JSON/tokenizer files in full, and each weight file's size, modification time (in ns) and
+its first and last MiB (the safetensors header, which names every tensor and its offsets,
+sits in the first), without reading gigabytes. A weight file edited in the middle changes
+its mtime; only a deliberate `touch -d` back to the old time with the same size would hide it.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ def directory_fingerprint(directory: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(p for p in directory.rglob("*") if p.is_file()):
         digest.update(str(path.relative_to(directory)).encode())
-        size = path.stat().st_size
+        stat = path.stat()
+        size = stat.st_size
         digest.update(str(size).encode())
         with path.open("rb") as handle:
             if path.suffix not in WEIGHT_SUFFIXES:
                 digest.update(handle.read())
                 continue
+            digest.update(str(stat.st_mtime_ns).encode())
             digest.update(handle.read(SAMPLE))
             if size > SAMPLE:
                 handle.seek(max(SAMPLE, size - SAMPLE))

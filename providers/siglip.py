@@ -215,7 +215,10 @@ class SiglipProvider:
     async def embed(self, items: Sequence[Item], options: EmbedOptions) -> EmbedResult:
         parts: list[Part] = [part for item in items for part in item.parts]
         vectors, tokens = await self.engine.encode(parts)
-        return EmbedResult(fuse(vectors, [len(item.parts) for item in items]), sum(tokens))
+        counts = [len(item.parts) for item in items]
+        starts = np.cumsum([0, *counts])
+        item_tokens = tuple(sum(tokens[start : start + count]) for start, count in zip(starts, counts, strict=False))
+        return EmbedResult(fuse(vectors, counts), item_tokens)
 
 
 def fuse(part_vectors: Vectors, parts_per_item: Sequence[int]) -> Vectors:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import socket
+import socketserver
+import ssl
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -224,3 +226,82 @@ class RedisCluster:
     def stop(self) -> None:
         for server in self.servers:
             server.stop()
+
+
+Send = Callable[[bytes], None]
+Responder = Callable[[Send], None]
+
+
+def http_response(body: bytes = b"", status: int = 200, headers: dict[str, str] | None = None) -> bytes:
+    """One HTTP/1.1 response as bytes; `Content-Length` only where `headers` declares it."""
+    lines = [f"HTTP/1.1 {status} X", "Connection: close", *(f"{k}: {v}" for k, v in (headers or {}).items())]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+class RawHost:
+    """A TCP server on 127.0.0.1 whose answers the tests write byte by byte: trickled, endless or
+    compressed bodies, cookies and malformed headers that `ImageHost` will not send. It records the
+    head of every request (`requests`: the request line, then the header lines) to show what arrived."""
+
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        """`tls`: serve HTTPS with this server context; `server_names` then records each client's SNI."""
+        self.routes: dict[str, Responder] = {}
+        self.requests: list[list[str]] = []
+        self.server_names: list[str | None] = []
+        self.scheme = "https" if tls else "http"
+        host = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                head: list[str] = []
+                while (line := self.rfile.readline(65536).decode("latin-1").rstrip("\r\n")) != "":
+                    head.append(line)
+                if not head:
+                    return
+                host.requests.append(head)
+                target = head[0].split(" ")[1] if " " in head[0] else ""
+                responder = host.routes.get(target) or host.routes.get(target.partition("?")[0]) or host.missing
+
+                def send(data: bytes) -> None:
+                    self.wfile.write(data)
+                    self.wfile.flush()
+
+                with suppress(OSError):
+                    responder(send)
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        if tls is not None:
+            tls.sni_callback = lambda _sock, name, _ctx: self.server_names.append(name)
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    @staticmethod
+    def missing(send: Send) -> None:
+        send(http_response(b"missing", 404, {"Content-Length": "7"}))
+
+    def url(self, path: str, host: str = "127.0.0.1") -> str:
+        return f"{self.scheme}://{host}:{self.port}{path}"
+
+    def add(self, path: str, responder: Responder | bytes) -> str:
+        """Serve `path` (with any query, unless one is routed on its own) with `responder`, or fixed bytes."""
+        if isinstance(responder, bytes):
+            data = responder
+            self.routes[path] = lambda send: send(data)
+        else:
+            self.routes[path] = responder
+        return self.url(path)
+
+    def headers_of(self, path: str) -> list[dict[str, str]]:
+        """The headers (names lower-cased) of each request for `path`, in order."""
+        return [
+            {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in head[1:])}
+            for head in self.requests
+            if head[0].split(" ")[1:2] == [path]
+        ]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -123,7 +124,6 @@ CASES: list[tuple[str, dict[str, Any], int, str, str | None]] = [
     ("number item", {"input": ["a", 3.5]}, 400, "invalid_input", "input[1]"),
     ("bad input_type", {"input_type": "passage"}, 400, "invalid_value", "input_type"),
     ("bad task", {"task": "classification"}, 400, "invalid_value", "task"),
-    ("over-full queue", {"model": "siglip-small-queue", "input": list("abcde")}, 429, "server_overloaded", None),
 ]
 
 
@@ -135,6 +135,36 @@ def test_bad_input(gateway_url: str, body: dict[str, Any], status: int, code: st
     assert_error(response, status, code, param)
     if status == 429:
         assert int(response.headers["retry-after"]) >= 1
+
+
+def overload(gateway_url: str, clients: int = 12) -> list[httpx.Response]:
+    """`clients` concurrent 4-item requests to a model whose queue holds 4 parts."""
+    body = {"model": "siglip-small-queue", "input": [f"busy {i}" for i in range(4)]}
+
+    def send(i: int) -> httpx.Response:
+        sent = {**body, "input": [f"{text} {i}" for text in body["input"]]}
+        return httpx.post(f"{gateway_url}/v1/embeddings", json=sent, timeout=60)
+
+    with ThreadPoolExecutor(clients) as pool:
+        return list(pool.map(send, range(clients)))
+
+
+def test_a_full_queue_answers_429_with_retry_after(gateway_url: str) -> None:
+    responses = overload(gateway_url)
+    statuses = sorted({r.status_code for r in responses})
+    assert statuses == [200, 429], statuses
+    for response in responses:
+        if response.status_code == 429:
+            assert_error(response, 429, "server_overloaded", None)
+            assert int(response.headers["retry-after"]) >= 1
+
+
+def test_a_request_larger_than_the_queue_is_admitted_in_chunks(gateway_url: str) -> None:
+    """Nine parts for a queue of four: admitted four at a time on an idle server, not a 429 forever."""
+    body = {"model": "siglip-small-queue", "input": [f"chunked {i}" for i in range(9)]}
+    response = httpx.post(f"{gateway_url}/v1/embeddings", json=body, timeout=60)
+    assert response.status_code == 200, response.text
+    assert [row["index"] for row in response.json()["data"]] == list(range(9))
 
 
 def test_unreachable_image_names_the_item(gateway_url: str) -> None:
@@ -242,15 +272,49 @@ def test_private_addresses_are_refused_unless_allowed(gateway_url: str, image_ho
 def test_internal_address_classification(address: str) -> None:
     import ipaddress
 
-    from gateway.images import _is_internal
+    from gateway.fetch import is_forbidden_address
 
-    assert _is_internal(ipaddress.ip_address(address))
+    assert is_forbidden_address(ipaddress.ip_address(address))
 
 
 @pytest.mark.parametrize("address", ["93.184.216.34", "2606:4700::1111"])
 def test_public_address_classification(address: str) -> None:
     import ipaddress
 
-    from gateway.images import _is_internal
+    from gateway.fetch import is_forbidden_address
 
-    assert not _is_internal(ipaddress.ip_address(address))
+    assert not is_forbidden_address(ipaddress.ip_address(address))
+
+
+URL_CASES = [
+    ("http://127.0.0.1:99999/x.png", "invalid_image_url"),
+    ("http://127.0.0.1:abc/x.png", "invalid_image_url"),
+    ("http://[::1/png", "invalid_image_url"),
+    ("http://a..b/x.png", "invalid_image_url"),
+    (f"http://{'a' * 64}.example/x.png", "invalid_image_url"),
+    ("http://exa\tmple.com/x", "invalid_image_url"),
+    ("http://exa\x7fmple.com/x", "invalid_image_url"),
+    ("http://\uff11\uff12\uff17.0.0.1/x.png", "invalid_image_url"),  # full-width digits
+    ("http://127.0.0.2/x.png", "image_url_forbidden"),
+    ("http://[::ffff:127.0.0.2]/x.png", "image_url_forbidden"),
+    ("http://[::1]/x.png", "image_url_forbidden"),
+    ("http://2130706434/x.png", "image_url_forbidden"),  # 127.0.0.2 as one decimal number
+    ("http://100.100.100.200/latest/meta-data", "image_url_forbidden"),
+    ("http://169.254.169.254/latest/meta-data", "image_url_forbidden"),
+    ("http://[2002:7f00:2::]/x.png", "image_url_forbidden"),  # 6to4 around 127.0.0.2
+]
+
+
+@pytest.mark.parametrize(("url", "code"), URL_CASES, ids=[repr(u)[:40] for u, _ in URL_CASES])
+def test_hostile_image_urls_through_the_server(gateway_url: str, url: str, code: str) -> None:
+    body = {"model": "siglip-tiny", "input": ["a", {"type": "image_url", "image_url": {"url": url}}]}
+    response = httpx.post(f"{gateway_url}/v1/embeddings", json=body, timeout=30)
+    assert_error(response, 400, code, "input[1].image_url.url")
+
+
+def test_a_malformed_redirect_location_through_the_server(gateway_url: str, image_host: ImageHost) -> None:
+    bad = image_host.add("/bad-redirect", b"", 302, location="http://[bad")
+    to_private = image_host.add("/to-private", b"", 302, location=f"http://127.0.0.2:{image_host.port}/x.png")
+    for url, code in [(bad, "invalid_image_url"), (to_private, "image_url_forbidden")]:
+        response = httpx.post(f"{gateway_url}/v1/embeddings", json={"model": "siglip-tiny", "input": [{"image": url}]})
+        assert_error(response, 400, code, "input[0].image")

@@ -144,3 +144,41 @@ async def test_failing_forward_fails_its_batch_only(engine: BatchingEngine, enco
         await engine.encode([Text("boom")])
     vectors, _ = await engine.encode([Text("fine")])
     np.testing.assert_array_equal(vectors[0], expected("fine"))
+
+
+class SlowPreparer(RecordingEncoder):
+    """Preprocessing that takes 20 ms a part, like tokenising long texts."""
+
+    def prepare(self, part: Part) -> Prepared:
+        threading.Event().wait(0.02)
+        return super().prepare(part)
+
+
+async def test_a_cancelled_request_stops_preprocessing() -> None:
+    engine = BatchingEngine(SlowPreparer(), name="slow-prepare", preprocess_threads=2)
+    await engine.start()
+    try:
+        task = asyncio.create_task(engine.encode([Text(f"text {i}") for i in range(200)]))
+        await asyncio.sleep(0.1)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await asyncio.sleep(0.2)  # a part in progress may finish; no new one starts
+        settled = engine.parts_prepared
+        await asyncio.sleep(0.3)
+        assert engine.parts_prepared == settled
+        assert settled < 60  # 200 parts would take 2 s on two threads
+    finally:
+        await engine.close()
+
+
+async def test_a_request_larger_than_the_queue_is_served_in_chunks(encoder: RecordingEncoder) -> None:
+    engine = BatchingEngine(encoder, name="chunks", max_queue=4, max_batch_size=4)
+    await engine.start()
+    try:
+        texts = [f"chunk{'x' * i}" for i in range(10)]
+        vectors, tokens = await engine.encode([Text(t) for t in texts])
+        np.testing.assert_array_equal(vectors, np.stack([expected(t) for t in texts]))
+        assert tokens == [len(t) for t in texts]
+        assert max(len(batch) for batch in encoder.batches) <= 4
+    finally:
+        await engine.close()

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from gateway.cache import CachePolicy, VectorCache, encode_vector, item_key
+from gateway.errors import InvalidRequest
 from gateway.images import EncodedImage
 from gateway.inputs import ResolvedItem
 from gateway.stores import MemoryStore, RedisStore, VectorStore
@@ -33,11 +34,14 @@ class Computer:
         self.calls: list[list[str]] = []
         self.delay = delay
 
-    async def __call__(self, indices: list[int]) -> tuple[Vectors, int]:
+    async def __call__(self, indices: list[int]) -> tuple[Vectors, list[int]]:
         wanted = [self.texts[i] for i in indices]
         self.calls.append(wanted)
         await asyncio.sleep(self.delay)
-        return np.stack([vector_for(t) for t in wanted]), 10 * len(wanted)
+        for text in wanted:
+            if text.startswith("bad"):
+                raise InvalidRequest(f"{text} is bad", param=f"input[{indices[wanted.index(text)]}]")
+        return np.stack([vector_for(t) for t in wanted]), [len(t) for t in wanted]
 
 
 def keys_for(texts: list[str], **options: object) -> list[str]:
@@ -58,7 +62,8 @@ async def test_partial_hits_keep_order_and_compute_only_misses(cache: VectorCach
     computer = Computer(texts)
     found = await cache.get_or_compute(keys_for(texts), DIMENSION, computer, CachePolicy())
     assert computer.calls == [["one"]]
-    assert (found.hits, found.misses, found.tokens) == (2, 1, 10)
+    assert (found.hits, found.misses) == (2, 1)
+    assert found.tokens == len("zero") + len("one") + len("two")  # usage is the same for hits and misses
     np.testing.assert_array_equal(found.vectors, np.stack([vector_for(t) for t in texts]))
 
 
@@ -83,7 +88,7 @@ async def test_fifty_concurrent_identical_requests_compute_once(cache: VectorCac
     )
     assert len(computer.calls) == 1
     assert sum(r.misses for r in results) == 1
-    assert sum(r.tokens for r in results) == 10  # usage: only the request that computed pays
+    assert {r.tokens for r in results} == {len("same")}  # every request reports the item's usage
     for result in results:
         np.testing.assert_array_equal(result.vectors[0], vector_for("same"))
 
@@ -101,15 +106,27 @@ async def test_no_cache_recomputes_but_stores_and_no_store_does_not_store(cache:
     assert CachePolicy.from_header("no-store, max-age=0") == CachePolicy(lookup=True, store=False)
 
 
-@pytest.mark.parametrize("corrupt", [b"", b"\x00" * 5, encode_vector(np.ones(DIMENSION + 1)), b"\xff" * 4 * DIMENSION])
-async def test_corrupt_or_wrong_length_value_is_a_miss(cache: VectorCache, corrupt: bytes) -> None:
+CORRUPT = {
+    "empty": lambda key: b"",
+    "short": lambda key: b"\x00" * 5,
+    "too long": lambda key: encode_vector(key, np.ones(DIMENSION + 1) / np.sqrt(DIMENSION + 1), 1),
+    "nan": lambda key: encode_vector(key, np.full(DIMENSION, np.nan), 1),
+    "right length, not unit": lambda key: encode_vector(key, np.full(DIMENSION, 0.9), 1),
+    "right length, zeros": lambda key: encode_vector(key, np.zeros(DIMENSION), 1),
+    "another key's value": lambda key: encode_vector(keys_for(["other"])[0], vector_for("other"), 5),
+    "flipped bytes": lambda key: bytes(b ^ 0xFF for b in encode_vector(key, vector_for("c"), 1)),
+}
+
+
+@pytest.mark.parametrize("corrupt", list(CORRUPT))
+async def test_corrupt_or_wrong_length_value_is_a_miss(cache: VectorCache, corrupt: str) -> None:
     key = keys_for(["c"])
-    await cache.store.set_many({key[0]: corrupt})
+    await cache.store.set_many({key[0]: CORRUPT[corrupt](key[0])})
     computer = Computer(["c"])
     found = await cache.get_or_compute(key, DIMENSION, computer, CachePolicy())
     assert found.misses == 1
     np.testing.assert_array_equal(found.vectors[0], vector_for("c"))
-    assert await cache.store.get_many(key) == [encode_vector(vector_for("c"))]  # repaired
+    assert await cache.store.get_many(key) == [encode_vector(key[0], vector_for("c"), 1)]  # repaired
 
 
 async def test_abandoned_flight_is_cancelled_but_joined_one_is_not(cache: VectorCache) -> None:
@@ -188,3 +205,27 @@ async def test_a_cancelled_flight_is_never_joined(cache: VectorCache) -> None:
     np.testing.assert_array_equal(found.vectors[0], vector_for("orphan"))
     assert leader.cancelled()
     assert len(computer.calls) == 2
+
+
+async def test_a_joiner_never_gets_another_requests_error(cache: VectorCache) -> None:
+    """A shares "shared" with B, whose other item is bad: B gets its own error, A its vector."""
+    computer = Computer(["bad image", "shared"], delay=0.1)
+    leader = asyncio.create_task(
+        cache.get_or_compute(keys_for(["bad image", "shared"]), DIMENSION, computer, CachePolicy())
+    )
+    await asyncio.sleep(0.02)
+    joiner_computer = Computer(["shared"])
+    joiner = await cache.get_or_compute(keys_for(["shared"]), DIMENSION, joiner_computer, CachePolicy())
+    np.testing.assert_array_equal(joiner.vectors[0], vector_for("shared"))
+    assert joiner_computer.calls == [["shared"]]  # it computed its own item after the flight failed
+    with pytest.raises(InvalidRequest) as error:
+        await leader
+    assert error.value.param == "input[0]"
+
+
+async def test_a_value_keeps_its_token_count() -> None:
+    store = MemoryStore(1 << 20)
+    cache = VectorCache(store)
+    await cache.get_or_compute(keys_for(["four"]), DIMENSION, Computer(["four"]), CachePolicy())
+    hit = await cache.get_or_compute(keys_for(["four"]), DIMENSION, Computer(["four"]), CachePolicy())
+    assert (hit.hits, hit.tokens) == (1, 4)

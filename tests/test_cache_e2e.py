@@ -33,7 +33,13 @@ def cached_gateway_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def cached_gateway(model_dirs: dict[str, Path], shared_redis: RedisServer, cached_gateway_dir: Path) -> Iterator[str]:
     config = gateway_config(model_dirs)
-    config["cache"] = {"memory_mb": 0, "redis_timeout_s": 0.2, "redis_retry_after_s": 0.3, "key_prefix": "t:"}
+    config["cache"] = {
+        "memory_mb": 0,
+        "redis_timeout_s": 0.2,
+        "redis_retry_after_s": 0.3,
+        "key_prefix": "t:",
+        "expose_headers": True,
+    }
     env = {"GATEWAY_REDIS_URL": shared_redis.url}
     with gateway_process(config, cached_gateway_dir, env=env) as url:
         yield url
@@ -76,11 +82,13 @@ def test_partial_hits_keep_order_index_and_honest_usage(cached_gateway: str) -> 
     assert cache_counts(mixed) == (2, 1)
     assert [row["index"] for row in mixed.json()["data"]] == [0, 1, 2]
     np.testing.assert_allclose(vectors(mixed), fresh, atol=1e-6)  # batch shape moves the last float bit
-    single = embed(cached_gateway, {"input": [texts[1]]}, cache_control="no-cache")
-    assert mixed.json()["usage"]["prompt_tokens"] == single.json()["usage"]["prompt_tokens"] > 0
+    # usage is what the items cost, cached or not: nothing tells a client what others embedded
+    fresh_usage = embed(cached_gateway, {"input": texts}, cache_control="no-cache").json()["usage"]
+    assert mixed.json()["usage"] == fresh_usage
+    assert fresh_usage["prompt_tokens"] > 0
     cached = embed(cached_gateway, {"input": texts})
     assert cache_counts(cached) == (3, 0)
-    assert cached.json()["usage"] == {"prompt_tokens": 0, "total_tokens": 0}
+    assert cached.json()["usage"] == fresh_usage
 
 
 def test_cached_vector_is_byte_identical_to_fresh(cached_gateway: str) -> None:

@@ -5,26 +5,40 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from gateway.config import DEFAULT_MODEL, load_settings
-from tests.servers import ROOT
+from tests.servers import ROOT, RawHost, Send
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    environment = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, offline: bool = True, timeout_s: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """The CLI as a process; `offline` sets HF_HUB_OFFLINE=1, else the hub is tried (and unreachable here)."""
+    environment = {k: v for k, v in os.environ.items() if k not in {"HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"}}
+    environment |= {"HF_HUB_OFFLINE": "1"} if offline else {}
     return subprocess.run(
         [sys.executable, "-m", "gateway", *args],
         cwd=ROOT,
-        env=environment,
+        env=environment | (env or {}),
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout_s,
         check=False,
     )
+
+
+def error_line(stderr: str) -> str:
+    """The one error line, which must be the last line, after any log lines; no traceback anywhere."""
+    lines = stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("gateway: error:")]
+    assert errors == lines[-1:], stderr
+    assert "Traceback" not in stderr
+    return errors[0]
 
 
 def write_config(path: Path, models: list[dict[str, object]], **extra: object) -> Path:
@@ -38,27 +52,59 @@ def test_bad_model_path_exits_with_one_line(tmp_path: Path) -> None:
     )
     result = run_cli("serve", "--config", str(config), "--port", "1")
     assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "siglip-tiny" in lines[0]
-    assert "local directory" in lines[0]
-    assert "Traceback" not in result.stderr
+    line = error_line(result.stderr)
+    assert "siglip-tiny" in line
+    assert "local directory" in line
 
 
 def test_default_model_offline_exits_with_one_line_naming_it() -> None:
     result = run_cli("serve", "--port", "1", env={"GATEWAY_CONFIG": ""})
     assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert DEFAULT_MODEL in lines[0]
+    assert DEFAULT_MODEL in error_line(result.stderr)
+
+
+def test_default_model_without_the_hub_says_what_it_loads_and_fails_within_a_minute(tmp_path: Path) -> None:
+    # No HF_HUB_OFFLINE and an empty hub cache: what a first start on a host without the hub does.
+    started = time.monotonic()
+    result = run_cli(
+        "serve", "--port", "1", env={"GATEWAY_CONFIG": "", "HF_HOME": str(tmp_path)}, offline=False, timeout_s=60
+    )
+    took = time.monotonic() - started
+    assert result.returncode == 2
+    line = error_line(result.stderr)
+    assert DEFAULT_MODEL in line
+    assert "local directory" in line
+    loading = [n for n, text in enumerate(result.stderr.splitlines()) if f"loading model {DEFAULT_MODEL}" in text]
+    assert loading, result.stderr
+    assert "hub repository" in result.stderr.splitlines()[loading[0]]
+    assert took < 60
+
+
+def test_a_hub_that_never_answers_is_given_up_after_its_timeout(tmp_path: Path) -> None:
+    hub = RawHost()
+
+    def never_answer(_send: Send) -> None:
+        time.sleep(60)
+
+    hub.missing = never_answer  # type: ignore[method-assign,assignment]
+    env = {"GATEWAY_CONFIG": "", "HF_HOME": str(tmp_path), "HF_ENDPOINT": hub.url(""), "HF_HUB_ETAG_TIMEOUT": "2"}
+    try:
+        started = time.monotonic()
+        result = run_cli("serve", "--port", "1", env=env, offline=False, timeout_s=45)
+        took = time.monotonic() - started
+    finally:
+        hub.close()
+    assert result.returncode == 2
+    line = error_line(result.stderr)
+    assert f"the hub at {hub.url('')} is unreachable" in line
+    assert took < 30
 
 
 def test_config_from_environment_variable_and_unknown_provider(tmp_path: Path) -> None:
     config = write_config(tmp_path / "c.yaml", [{"name": "x", "provider": "no-such-provider", "model": "m"}])
     result = run_cli("serve", env={"GATEWAY_CONFIG": str(config)})
     assert result.returncode == 2
-    assert "no-such-provider" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
+    assert "no-such-provider" in error_line(result.stderr)
 
 
 def test_invalid_config_is_one_line(tmp_path: Path) -> None:

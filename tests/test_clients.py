@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -79,8 +80,13 @@ def test_openai_sdk_sees_typed_errors(gateway_url: str) -> None:
     with pytest.raises(openai.BadRequestError) as bad:
         client.embeddings.create(model=MODEL, input=["a", {"image": "%%%"}])  # type: ignore[list-item]
     assert bad.value.param == "input[1].image"
-    with pytest.raises(openai.RateLimitError):
-        client.embeddings.create(model="siglip-small-queue", input=list("abcde"))
+    with pytest.raises(openai.RateLimitError), ThreadPoolExecutor(12) as pool:  # 12 x 4 parts, a queue of 4
+        list(
+            pool.map(
+                lambda i: client.embeddings.create(model="siglip-small-queue", input=[f"{i} {j}" for j in range(4)]),
+                range(12),
+            )
+        )
 
 
 def test_langchain_default_sends_token_ids(gateway_url: str, raw: RawSiglip) -> None:
