@@ -115,7 +115,7 @@ async def read_metrics(client: httpx.AsyncClient) -> dict[str, float]:
     return values
 
 
-async def watch(client: httpx.AsyncClient, gauges: Gauges, stop: asyncio.Event, every_s: float = 0.25) -> None:
+async def watch(client: httpx.AsyncClient, gauges: Gauges, stop: asyncio.Event, every_s: float = 1.0) -> None:
     """Poll /metrics until `stop`, keeping the peaks (its own connection, so it is never queued behind load)."""
     while not stop.is_set():
         values = await read_metrics(client)
@@ -145,8 +145,9 @@ async def send(client: httpx.AsyncClient, texts: list[str]) -> Outcome:
 
 
 def new_client(base: str) -> httpx.AsyncClient:
-    """Enough connections that the client never queues requests itself: the server must be the one to refuse."""
-    limits = httpx.Limits(max_connections=2048, max_keepalive_connections=512)
+    """Enough connections that the client never queues requests itself: the server must be the one to refuse.
+    Idle connections expire before uvicorn's 5 s keep-alive does, or a reused one can be closed under us."""
+    limits = httpx.Limits(max_connections=2048, max_keepalive_connections=512, keepalive_expiry=2.0)
     return httpx.AsyncClient(base_url=base, timeout=120, limits=limits)
 
 
@@ -300,6 +301,8 @@ def summarise(result: dict[str, Any], args: argparse.Namespace) -> tuple[list[tu
         ("first request after the load", str(result["recovered"].status)),
     ]
     failures = []
+    if len(cal_ok) < len(calibration.outcomes):
+        failures.append("the closed loop got answers other than 200: its rate is not the sustainable one (--clients)")
     if server_errors:
         failures.append(f"{len(server_errors)} responses were 5xx")
     if transport:
@@ -322,14 +325,19 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0, help="length of the open-loop phase")
     parser.add_argument("--calibrate-seconds", type=float, default=10.0, help="length of the closed-loop phase")
     parser.add_argument("--factor", type=float, default=2.0, help="open-loop rate over the sustainable rate")
-    parser.add_argument("--clients", type=int, default=8, help="closed-loop callers")
-    parser.add_argument("--items", type=int, default=4, help="texts per request")
+    parser.add_argument(
+        "--clients", type=int, default=0, help="closed-loop callers; 0: as many as fill the queue (max_queue // items)"
+    )
+    parser.add_argument(
+        "--items", type=int, default=16, help="texts per request: the model, not HTTP, must be what runs out"
+    )
     parser.add_argument("--max-queue", type=int, default=64, help="the model's max_queue (inputs)")
     parser.add_argument("--width", type=int, default=128, help="model width: slow enough that 2 cores can overload it")
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--settle-seconds", type=float, default=5.0, help="idle time before the 'after' RSS")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "overload.json")
     args = parser.parse_args()
+    args.clients = args.clients or max(1, args.max_queue // args.items)
     workdir = Path(tempfile.mkdtemp(prefix="bench-overload-"))
     try:
         model_dir = build_siglip(workdir / "model", width=args.width, layers=args.layers)

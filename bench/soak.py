@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,7 +98,7 @@ class Inputs:
 
     def __post_init__(self) -> None:
         self.texts = [f"soak cached text {i}: a photo of a cat on a mat" for i in range(POOL)]
-        self.pngs = [data_uri(encode(gradient(40, 32, seed=i), "PNG")) for i in range(POOL)]
+        self.pngs = [data_uri(self.png(i)) for i in range(POOL)]
         for i in range(POOL):
             self.host.add(f"/pool/{i}.jpg", self.jpeg(seed=1000 + i), Content_Type="image/jpeg")
         self.urls = [self.host.url(f"/pool/{i}.jpg") for i in range(POOL)]
@@ -108,13 +109,24 @@ class Inputs:
     def fresh_seed(self) -> int:
         return 10_000 + next(self.counter)
 
+    @staticmethod
+    def picture(width: int, height: int, seed: int) -> Image.Image:
+        """A gradient with `seed` written into its corner: `gradient` alone repeats every 256 seeds."""
+        image = gradient(width, height, seed=seed)
+        image.paste((seed % 256, seed // 256 % 256, seed // 65536 % 256), (0, 0, 4, 4))
+        return image
+
     def jpeg(self, seed: int) -> bytes:
+        """A JPEG of a random size; the comment keeps its bytes unique where lossy coding merges pixels."""
         size = (self.rng.randint(24, 64), self.rng.randint(24, 64))
-        return encode(gradient(*size, seed=seed), "JPEG", quality=90)
+        return encode(self.picture(*size, seed=seed), "JPEG", quality=90, comment=f"{self.prefix} {seed}")
+
+    def png(self, seed: int) -> bytes:
+        return encode(self.picture(40, 32, seed=seed), "PNG")
 
     def fresh_url(self) -> str:
         seed = self.fresh_seed()
-        return self.host.add(f"/new/{self.prefix}/{seed}.png", encode(gradient(36, 30, seed=seed), "PNG"))
+        return self.host.add(f"/new/{self.prefix}/{seed}.png", self.png(seed))
 
     def body(self, items: list[Any]) -> dict[str, Any]:
         return {"model": MODEL, "input": items, "encoding_format": self.rng.choice(["float", "base64"])}
@@ -151,7 +163,7 @@ class Inputs:
         if kind == "bad: unknown field":
             return Request({**self.body([self.fresh_text()]), "temperature": 0.2}, 0, bad=True)
         if kind == "bad: truncated image":
-            cut = encode(gradient(40, 32, seed=self.fresh_seed()), "PNG")
+            cut = self.png(self.fresh_seed())
             return Request(self.body([{"image": base64.b64encode(cut[: len(cut) // 2]).decode()}]), 0, bad=True)
         if kind == "bad: too-long text":
             return Request(self.body([self.fresh_text() + " x" * (TOO_LONG // 2)]), 0, bad=True)
@@ -350,6 +362,9 @@ def main() -> None:
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bench-soak-"))
     redis, host = RedisServer(workdir), ImageHost()
+    # socketserver listens with a backlog of 5: the gateway's concurrent fetches overflow it and the
+    # kernel drops SYNs, which cost a 1 s retransmit each (the image host's delay, not the gateway's).
+    host.server.socket.listen(128)
     try:
         model_dir = build_siglip(workdir / "model")
         redis.start()

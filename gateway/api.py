@@ -51,12 +51,15 @@ async def cancel_on_disconnect(request: Request[Any, Any, Any], work: Awaitable[
 async def create_embeddings(request: Request[Any, Any, State], state: State) -> Response[bytes]:
     """OpenAI's `POST /v1/embeddings`, extended with image and interleaved inputs."""
     service: EmbeddingService = state.service
-    body = await request.body()
     headers = request.headers
-    parse = functools.partial(service.parse, body, headers.get("content-type", ""), headers.get("content-encoding", ""))
-    parsed = await asyncio.to_thread(parse) if len(body) > PARSE_ON_LOOP_BYTES else parse()
-    policy = CachePolicy.from_header(headers.get("cache-control"))
-    result = await cancel_on_disconnect(request, service.embed(parsed, policy))
+    with service.admit():  # before the body is read: refusing overload must stay cheap
+        body = await request.body()
+        parse = functools.partial(
+            service.parse, body, headers.get("content-type", ""), headers.get("content-encoding", "")
+        )
+        parsed = await asyncio.to_thread(parse) if len(body) > PARSE_ON_LOOP_BYTES else parse()
+        policy = CachePolicy.from_header(headers.get("cache-control"))
+        result = await cancel_on_disconnect(request, service.embed(parsed, policy))
     cache_headers = {"X-Cache-Hits": str(result.cache_hits), "X-Cache-Misses": str(result.cache_misses)}
     return Response(
         embedding_body(result, parsed.request.encoding_format),

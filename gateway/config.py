@@ -44,6 +44,12 @@ class LimitSettings(BaseModel):
     one is a 4xx whose message names the setting (`limits.max_text_chars`) and `param` the input."""
 
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, description="Largest request body (413).")
+    max_concurrent_requests: int = Field(
+        default=256,
+        ge=1,
+        description="Embedding requests handled at once, process-wide; more get an immediate 429 before "
+        "their body is read, so overload is refused cheaply instead of queueing in front of the model's queue.",
+    )
     max_items: int = Field(default=2048, ge=1, description="Items (vectors) per request, as OpenAI.")
     max_parts_per_item: int = Field(default=16, ge=1, description="Parts of one interleaved item.")
     max_text_chars: int = Field(default=65_536, ge=1, description="Characters of one text part.")

@@ -234,6 +234,9 @@ class ResolvedItem:
     parts: tuple[Text | EncodedImage, ...]
 
 
+TOKENS_ON_LOOP = 8192  # more token ids than one input's worth are decoded on a worker thread
+
+
 class InputResolver:
     """Resolves specs: token ids decoded, each distinct image source loaded once under the request's
     image budget; decoding waits for `decode`, which only the items about to be computed reach."""
@@ -246,16 +249,20 @@ class InputResolver:
     async def resolve(self, specs: list[ItemSpec]) -> list[ResolvedItem]:
         parts: dict[int, Text | EncodedImage] = {}
         sources: dict[str, PartSpec] = {}  # the same URL or bytes twice in a request: loaded once
+        token_parts: list[PartSpec] = []
         for spec in specs:
             for part in spec.parts:
                 if part.modality is Modality.IMAGE:
                     sources.setdefault(str(part.value), part)
                 elif isinstance(part.value, list):
-                    parts[id(part)] = Text(self.tokens.decode(part.value, param=part.param))
+                    token_parts.append(part)
                 else:
                     parts[id(part)] = Text(part.value)
+        if sum(len(part.value) for part in token_parts) > TOKENS_ON_LOOP:
+            parts |= await asyncio.to_thread(self._decode_tokens, token_parts)
+        else:
+            parts |= self._decode_tokens(token_parts)
         budget = self.images.budget()
-        loaded: dict[str, EncodedImage] = {}
         try:
             async with asyncio.TaskGroup() as group:  # the first failure cancels the other fetches
                 tasks = {
@@ -270,6 +277,13 @@ class InputResolver:
                 if part.modality is Modality.IMAGE:
                     parts[id(part)] = loaded[str(part.value)]
         return [ResolvedItem(tuple(parts[id(part)] for part in spec.parts)) for spec in specs]
+
+    def _decode_tokens(self, token_parts: list[PartSpec]) -> dict[int, Text | EncodedImage]:
+        decoded: dict[int, Text | EncodedImage] = {}
+        for part in token_parts:
+            assert isinstance(part.value, list)
+            decoded[id(part)] = Text(self.tokens.decode(part.value, param=part.param))
+        return decoded
 
     async def decode(self, items: Sequence[ResolvedItem]) -> list[Item]:
         """Decode the images of `items` (only those about to be computed) into model-ready parts."""

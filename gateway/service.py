@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from gateway.cache import CachePolicy, VectorCache
 from gateway.config import LimitSettings
-from gateway.errors import ServiceUnavailable, from_provider_error
+from gateway.errors import RateLimited, ServiceUnavailable, from_provider_error
 from gateway.images import EncodedImage
 from gateway.inputs import InputResolver, ItemSpec, ResolvedItem, parse_input
 from gateway.router import Router, ServedModel
@@ -71,6 +72,21 @@ class EmbeddingService:
         self.resolver = resolver
         self.cache = cache
         self.limits = limits
+        self.in_flight = 0
+
+    @contextlib.contextmanager
+    def admit(self) -> Iterator[None]:
+        """Hold one of `limits.max_concurrent_requests` places for a request's whole life."""
+        if self.in_flight >= self.limits.max_concurrent_requests:
+            raise RateLimited(
+                f"the gateway is handling {self.in_flight} requests (limits.max_concurrent_requests); retry shortly",
+                retry_after=1.0,
+            )
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
 
     def parse(self, body: bytes, content_type: str, content_encoding: str = "") -> ParsedRequest:
         """Decode and walk a body (CPU work: the caller runs large ones off the event loop)."""

@@ -30,6 +30,7 @@ class _Encoding:
         self.name = name
         self.value: Any = None
         self.failure: str | None = None
+        self.waited_s: float | None = None  # how long start-up waited, when the load outlasted it
         self.done = threading.Event()
 
     def run(self) -> None:
@@ -78,8 +79,10 @@ class TokenDecoder:
         loaded = await asyncio.to_thread(encoding.done.wait, self.load_timeout_s)
         if encoding.value is not None:
             return True
+        if not loaded:
+            encoding.waited_s = self.load_timeout_s
         if created:
-            reason = encoding.failure if loaded else f"not loaded within {self.load_timeout_s:g} s"
+            reason = encoding.failure or f"not loaded within {self.load_timeout_s:g} s"
             logger.warning(
                 "token-id inputs are disabled: tiktoken's %s file could not be loaded (%s); "
                 "provide it in TIKTOKEN_CACHE_DIR",
@@ -94,7 +97,8 @@ class TokenDecoder:
         encoding, _ = _start(self.encoding, _Encoding.run)
         if encoding.value is not None:
             return encoding.value
-        reason = encoding.failure or f"not loaded within {self.load_timeout_s:g} s"
+        waited = f"not loaded within {encoding.waited_s:g} s" if encoding.waited_s else "still loading"
+        reason = encoding.failure or waited
         raise InvalidRequest(
             f"Token-id input needs tiktoken's {self.encoding} file, which this server could not load "
             f"({reason}). Send strings instead (LangChain: check_embedding_ctx_length=False), "

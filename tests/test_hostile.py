@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import struct
 import threading
 import time
@@ -64,6 +65,7 @@ def gateway(model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactor
     config = gateway_config(model_dirs)
     config["models"] = config["models"][:1]
     config["images"] = {"allowed_private_networks": ["127.0.0.1/32"], "fetch_timeout_s": 2}
+    config["request_read_timeout_s"] = 2
     with gateway_process(config, tmp_path_factory.mktemp("hostile")) as url:
         gateway = Gateway(url)
         assert gateway.post({"model": "siglip-tiny", "input": ["warm up", {"image": b64(png())}]}).status_code == 200
@@ -176,3 +178,46 @@ def test_a_truncated_image_and_garbage(gateway: Gateway) -> None:
     for data, code in [(truncated, "invalid_image"), (b"\x89PNG\r\n\x1a\n" + bytes(100), "invalid_image")]:
         response = attack(gateway, lambda d=data: gateway.post({"model": "siglip-tiny", "input": [{"image": b64(d)}]}))
         assert_error(response, 400, code, "input[0].image")
+
+
+@pytest.mark.parametrize("opening", [b"", b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\n"])
+def test_a_client_trickling_its_request_is_disconnected(gateway: Gateway, opening: bytes) -> None:
+    """Slowloris: headers (or nothing) sent a line at a time hold a connection only `request_read_timeout_s`."""
+    host, port = gateway.url.removeprefix("http://").rsplit(":", 1)
+    started = time.perf_counter()
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(opening)
+        sock.settimeout(0.5)
+        closed = False
+        for line in range(40):
+            try:
+                if sock.recv(1024) == b"":
+                    closed = True
+                    break
+            except TimeoutError:
+                pass
+            try:
+                if opening:
+                    sock.sendall(f"X-Slow-{line}: 1\r\n".encode())
+            except OSError:
+                closed = True
+                break
+    elapsed = time.perf_counter() - started
+    assert closed, "the connection was never closed"
+    assert 1.5 < elapsed < 6, f"closed after {elapsed:.1f}s"
+    assert httpx.get(f"{gateway.url}/health", timeout=5).status_code == 200
+
+
+def test_a_slow_but_complete_request_within_the_deadline_is_served(gateway: Gateway) -> None:
+    body = json.dumps({"model": "siglip-tiny", "input": "patient"}).encode()
+    host, port = gateway.url.removeprefix("http://").rsplit(":", 1)
+    head = (
+        "POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(head.encode())
+        time.sleep(0.5)
+        sock.sendall(body)
+        answer = sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 200")

