@@ -128,7 +128,7 @@ def serve(settings: Settings) -> int:
 
     from gateway.app import build_models, create_app, load_models
 
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, access=settings.access_log)
     try:
         models = build_models(settings)
     except (KeyError, ValidationError) as exc:

@@ -125,6 +125,9 @@ class Settings(BaseSettings):
         default=2048, ge=1, description="Connections served at once; beyond it uvicorn answers 503."
     )
     log_format: Literal["text", "json"] = Field(default="text", description="`json`: one JSON object per log line.")
+    access_log: bool = Field(
+        default=True, description="One line per request (~14 us each); off for the last few % of cached-hit req/s."
+    )
     models: list[ModelSettings] = Field(
         default_factory=lambda: [
             ModelSettings.model_validate({"name": DEFAULT_MODEL, "provider": "siglip", "model": DEFAULT_MODEL})

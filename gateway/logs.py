@@ -65,8 +65,9 @@ class TextFormatter(logging.Formatter):
         return f"{stamp},{int(record.msecs):03d}"
 
 
-def configure_logging(level: str, log_format: Literal["text", "json"] = "text") -> None:
-    """One stderr handler on the root logger, replacing any; every other logger propagates to it."""
+def configure_logging(level: str, log_format: Literal["text", "json"] = "text", *, access: bool = True) -> None:
+    """One stderr handler on the root logger, replacing any; every other logger propagates to it.
+    `access=False` silences the per-request access line (the request id is still echoed)."""
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
         handler.setFormatter(JsonFormatter(JSON_FIELDS, style="{", rename_fields=JSON_RENAMES))
@@ -84,6 +85,7 @@ def configure_logging(level: str, log_format: Literal["text", "json"] = "text") 
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+    access_logger.setLevel(logging.NOTSET if access else logging.WARNING)
 
 
 def _incoming_request_id(headers: Iterable[tuple[bytes, bytes]]) -> str | None:

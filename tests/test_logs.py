@@ -139,3 +139,22 @@ def test_json_format_is_one_object_per_line_with_the_request_id(model_dirs: dict
     assert [r["request_id"] for r in in_request] == ["json-check-2"], in_request or text
     for secret in ("SECRETUSER", "SECRETPASS", "SECRETSIG"):
         assert secret not in text
+
+
+def test_the_access_line_can_be_turned_off() -> None:
+    import logging
+
+    from gateway.logs import access_logger, configure_logging
+
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    try:
+        configure_logging("info", access=False)
+        assert not access_logger.isEnabledFor(logging.INFO)
+        assert logging.getLogger("gateway.cache").isEnabledFor(logging.INFO)
+        configure_logging("info")
+        assert access_logger.isEnabledFor(logging.INFO)
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        access_logger.setLevel(logging.NOTSET)
