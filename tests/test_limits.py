@@ -245,3 +245,8 @@ def test_requests_over_the_concurrency_limit_are_refused_at_once() -> None:
     with service.admit():  # places are given back, errors included
         assert service.in_flight == 1
     assert service.in_flight == 0
+
+
+def test_the_example_config_loads_and_states_the_defaults() -> None:
+    settings = load_settings(Path(__file__).resolve().parent.parent / "gateway.example.yaml")
+    assert settings.limits == LimitSettings()
