@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import functools
 import hashlib
 import io
 import re
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -41,32 +43,21 @@ def decode_image(data: bytes, *, max_pixels: int, param: str, sha256: str | None
     """
     if not data:
         raise InvalidRequest(f"{param} is empty", param=param, code="invalid_image")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", PILImageModule.DecompressionBombWarning)
-            opened = PILImageModule.open(io.BytesIO(data), formats=FORMATS)
-            width, height = opened.size
-            if width * height > max_pixels:
-                raise InvalidRequest(
-                    f"{param} is {width}x{height} pixels, over the limit of {max_pixels}",
-                    param=param,
-                    code="image_too_large",
-                )
-            mime = PILImageModule.MIME.get(opened.format or "", "application/octet-stream")
-            opened.seek(0)  # first frame of animations
-            oriented = ImageOps.exif_transpose(opened)
-            rgb = _to_eight_bits(oriented).convert("RGB")
-            rgb.load()
-    except (PILImageModule.DecompressionBombError, PILImageModule.DecompressionBombWarning) as exc:
-        raise InvalidRequest(f"{param} is too large to decode: {exc}", param=param, code="image_too_large") from exc
-    except UnidentifiedImageError as exc:
-        raise InvalidRequest(
-            f"{param} is not an image in a supported format (png, jpeg, webp, gif, bmp)",
-            param=param,
-            code="invalid_image",
-        ) from exc
-    except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt files
-        raise InvalidRequest(f"{param} could not be decoded: {exc}", param=param, code="invalid_image") from exc
+    with _client_errors(param), warnings.catch_warnings():
+        warnings.simplefilter("error", PILImageModule.DecompressionBombWarning)
+        opened = PILImageModule.open(io.BytesIO(data), formats=FORMATS)
+        width, height = opened.size
+        if width * height > max_pixels:
+            raise InvalidRequest(
+                f"{param} is {width}x{height} pixels, over the limit of {max_pixels}",
+                param=param,
+                code="image_too_large",
+            )
+        mime = PILImageModule.MIME.get(opened.format or "", "application/octet-stream")
+        opened.seek(0)  # first frame of animations
+        oriented = ImageOps.exif_transpose(opened)
+        rgb = _to_eight_bits(oriented).convert("RGB")
+        rgb.load()
     return Image(data=data, mime=mime, sha256=sha256 or hashlib.sha256(data).hexdigest(), pixels=rgb)
 
 
@@ -80,12 +71,18 @@ def _to_eight_bits(image: PILImage) -> PILImage:
 
 def probe_image(data: bytes, *, param: str) -> tuple[int, int]:
     """Width and height from the header alone, so pixel limits are checked before anything is decoded."""
+    with _client_errors(param), warnings.catch_warnings():
+        warnings.simplefilter("ignore", PILImageModule.DecompressionBombWarning)
+        with PILImageModule.open(io.BytesIO(data), formats=FORMATS) as opened:
+            return opened.size
+
+
+@contextlib.contextmanager
+def _client_errors(param: str) -> Iterator[None]:
+    """PIL's errors, where they enter, as the client's 400 naming its input."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", PILImageModule.DecompressionBombWarning)
-            with PILImageModule.open(io.BytesIO(data), formats=FORMATS) as opened:
-                return opened.size
-    except PILImageModule.DecompressionBombError as exc:
+        yield
+    except (PILImageModule.DecompressionBombError, PILImageModule.DecompressionBombWarning) as exc:
         raise InvalidRequest(f"{param} is too large to decode: {exc}", param=param, code="image_too_large") from exc
     except UnidentifiedImageError as exc:
         raise InvalidRequest(
@@ -93,7 +90,7 @@ def probe_image(data: bytes, *, param: str) -> tuple[int, int]:
             param=param,
             code="invalid_image",
         ) from exc
-    except (OSError, ValueError, SyntaxError) as exc:
+    except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt files
         raise InvalidRequest(f"{param} could not be decoded: {exc}", param=param, code="invalid_image") from exc
 
 
