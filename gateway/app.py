@@ -89,12 +89,12 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         images = ImageLoader(settings.images, settings.limits)
-        resolver = InputResolver(images, TokenDecoder(settings.token_encoding), settings.limits)
+        tokens = TokenDecoder(settings.token_encoding, load_timeout_s=token_load_timeout_s)
+        resolver = InputResolver(images, tokens, settings.limits)
         store = build_store(settings)
         cache = VectorCache(store, prefix=settings.cache.key_prefix)
         app.state.service = EmbeddingService(Router(served), resolver, cache, settings.limits)
-        # Decoders of one encoding share its load, so this one loads the resolver's too.
-        tokens_loaded = TokenDecoder(settings.token_encoding, load_timeout_s=token_load_timeout_s).load()
+        tokens_loaded = tokens.load()
         if preloaded:
             await tokens_loaded
         else:

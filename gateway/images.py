@@ -188,6 +188,10 @@ class ImageLoader:
         read, so the request's byte and pixel budgets are charged before anything is decoded."""
         budget = budget or self.budget()
         data = await self._read(source, param=param, budget=budget)
+        if data is None:  # inline: base64 is decoded on the pool, not the event loop (20 MB is ~20 ms)
+            data = await asyncio.get_running_loop().run_in_executor(
+                self._decode_pool, functools.partial(decode_inline, source, param=param)
+            )
         if len(data) > self.limits.max_image_bytes:
             raise InvalidRequest(
                 f"{param} is {len(data)} bytes, over the limit of {self.limits.max_image_bytes} "
@@ -210,7 +214,8 @@ class ImageLoader:
         budget.charge_pixels(width * height, param)
         return EncodedImage(data, digest, param, width, height)
 
-    async def _read(self, source: str, *, param: str, budget: ImageBudget) -> bytes:
+    async def _read(self, source: str, *, param: str, budget: ImageBudget) -> bytes | None:
+        """A URL's bytes, fetched under the request's budget; None for inline data (checked for size here)."""
         scheme_match = SCHEME.match(source) if "://" in source[:16] or source.startswith("data:") else None
         scheme = scheme_match.group(1).lower() if scheme_match else ""
         if scheme in ("http", "https"):
@@ -224,21 +229,24 @@ class ImageLoader:
                     param=param,
                     code="image_fetch_failed",
                 ) from exc
+        if scheme not in ("", "data"):
+            raise InvalidRequest(
+                f"{param} uses the scheme '{scheme}'; send an http(s) URL, a data URI or base64",
+                param=param,
+                code="invalid_image_url",
+            )
         if len(source) > 4 * (self.limits.max_image_bytes // 3) + 1024:  # refused before decoding base64
             raise InvalidRequest(
                 f"{param} is over the limit of {self.limits.max_image_bytes} bytes (limits.max_image_bytes)",
                 param=param,
                 code="image_too_large",
             )
-        if scheme == "data":
-            return parse_data_uri(source, param=param)
-        if scheme:
-            raise InvalidRequest(
-                f"{param} uses the scheme '{scheme}'; send an http(s) URL, a data URI or base64",
-                param=param,
-                code="invalid_image_url",
-            )
-        return decode_base64(source, param=param)
+        return None
+
+
+def decode_inline(source: str, *, param: str) -> bytes:
+    """A data URI's or bare base64's bytes."""
+    return parse_data_uri(source, param=param) if source.startswith("data:") else decode_base64(source, param=param)
 
 
 def _inspect(data: bytes, *, param: str) -> tuple[str, tuple[int, int]]:
