@@ -13,10 +13,14 @@ from litestar.datastructures import State
 from litestar.enums import HttpMethod
 from litestar.exceptions import HTTPException
 
+from gateway.auth import KeyRing
 from gateway.cache import CachePolicy
+from gateway.context import RequestContext
 from gateway.encoding import embedding_body
-from gateway.errors import ClientDisconnected, GatewayError, ServiceUnavailable
+from gateway.errors import ClientDisconnected, GatewayError, InvalidRequest, ServiceUnavailable, clip
+from gateway.ratelimit import KeyRateLimiter
 from gateway.service import EmbeddingService
+from gateway.usage import usage_report
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -52,20 +56,24 @@ async def create_embeddings(request: Request[Any, Any, State], state: State) -> 
     """OpenAI's `POST /v1/embeddings`, extended with image and interleaved inputs."""
     service: EmbeddingService = state.service
     headers = request.headers
+    key_ring: KeyRing = state.key_ring
+    rate_limiter: KeyRateLimiter = state.rate_limiter
+    key = key_ring.authenticate(headers.get("authorization"))  # before anything else is read
+    await rate_limiter.hit(key)
     with service.admit():  # before the body is read: refusing overload must stay cheap
         body = await request.body()
         parse = functools.partial(
             service.parse, body, headers.get("content-type", ""), headers.get("content-encoding", "")
         )
         parsed = await asyncio.to_thread(parse) if len(body) > PARSE_ON_LOOP_BYTES else parse()
-        policy = CachePolicy.from_header(headers.get("cache-control"))
-        result = await cancel_on_disconnect(request, service.embed(parsed, policy))
-    cache_headers = {"X-Cache-Hits": str(result.cache_hits), "X-Cache-Misses": str(result.cache_misses)}
-    return Response(
-        embedding_body(result, parsed.request.encoding_format),
-        media_type=JSON,
-        headers=cache_headers if state.expose_cache_headers else None,
-    )
+        context = RequestContext(key, CachePolicy.from_header(headers.get("cache-control")))
+        result = await cancel_on_disconnect(request, service.embed(parsed, context))
+    response_headers = {"X-Gateway-Cost-USD": f"{result.cost_usd:.9f}"}
+    if result.deployments:
+        response_headers["X-Gateway-Deployments"] = ",".join(result.deployments)
+    if state.expose_cache_headers:
+        response_headers |= {"X-Cache-Hits": str(result.cache_hits), "X-Cache-Misses": str(result.cache_misses)}
+    return Response(embedding_body(result, parsed.request.encoding_format), media_type=JSON, headers=response_headers)
 
 
 def _model_card(model: Any, created: int) -> dict[str, Any]:
@@ -81,15 +89,33 @@ def _model_card(model: Any, created: int) -> dict[str, Any]:
 
 
 @get(["/v1/models", "/models"], media_type=JSON)
-async def list_models(state: State) -> dict[str, Any]:
-    """The served models in OpenAI's list shape, with modalities and dimension."""
-    return {"object": "list", "data": [_model_card(m, state.started_at) for m in state.service.router]}
+async def list_models(request: Request[Any, Any, State], state: State) -> dict[str, Any]:
+    """The served models the caller's key may use, in OpenAI's list shape, with modalities and dimension."""
+    key = state.key_ring.authenticate(request.headers.get("authorization"))
+    models = [m for m in state.service.router if key is None or key.models is None or m.name in key.models]
+    return {"object": "list", "data": [_model_card(m, state.started_at) for m in models]}
 
 
 @get(["/v1/models/{model_id:path}"], media_type=JSON)
-async def retrieve_model(state: State, model_id: str) -> dict[str, Any]:
+async def retrieve_model(request: Request[Any, Any, State], state: State, model_id: str) -> dict[str, Any]:
     """One served model."""
-    return _model_card(state.service.router.resolve(model_id.lstrip("/")), state.started_at)
+    key = state.key_ring.authenticate(request.headers.get("authorization"))
+    model = state.service.router.resolve(model_id.lstrip("/"))
+    if key is not None:
+        key.check_model(model.name)
+    return _model_card(model, state.started_at)
+
+
+@get(["/v1/usage"], media_type=JSON)
+async def usage(request: Request[Any, Any, State], state: State) -> dict[str, Any]:
+    """Spend by client key, deployment and UTC day, for the last `days` days (admin key)."""
+    state.key_ring.check_admin(request.headers.get("authorization"))
+    raw = request.query_params.get("days", "7")
+    if not raw.isdigit() or not 1 <= int(raw) <= 400:
+        raise InvalidRequest(
+            f"days must be an integer from 1 to 400, got {clip(raw)}", param="days", code="invalid_value"
+        )
+    return await usage_report(state.service.dispatcher.ledger, int(raw))
 
 
 @route("/health", http_method=[HttpMethod.GET, HttpMethod.HEAD], media_type=JSON)
@@ -102,7 +128,17 @@ async def health() -> dict[str, str]:
 async def ready(state: State) -> Response[dict[str, Any]]:
     """Readiness: every model is loaded and its engine started."""
     is_ready = bool(state.ready)
-    body = {"status": "ready" if is_ready else "starting", "models": [m.name for m in state.service.router]}
+    service: EmbeddingService | None = getattr(state, "service", None)
+    models = list(service.router) if service is not None else []
+    body = {
+        "status": "ready" if is_ready else "starting",
+        "models": [m.name for m in models],
+        "deployments": {
+            d.name: {"model": m.name, "circuit": d.breaker.state.value, "verified": d.verified}
+            for m in models
+            for d in m.deployments
+        },
+    }
     return Response(body, status_code=200 if is_ready else 503, media_type=JSON)
 
 
@@ -131,7 +167,7 @@ def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> R
     return Response(body, status_code=500, media_type=JSON)
 
 
-ROUTES = [create_embeddings, list_models, retrieve_model, health, ready]
+ROUTES = [create_embeddings, list_models, retrieve_model, usage, health, ready]
 EXCEPTION_HANDLERS: dict[int | type[Exception], Any] = {
     GatewayError: gateway_error_handler,
     HTTPException: http_error_handler,

@@ -14,25 +14,52 @@ from litestar.datastructures import State
 
 from gateway import metrics
 from gateway.api import EXCEPTION_HANDLERS, ROUTES
+from gateway.auth import KeyRing
 from gateway.cache import VectorCache
-from gateway.config import Settings
+from gateway.canary import Canary, recheck_forever, run_canaries
+from gateway.config import DeploymentSettings, Settings
+from gateway.deployments import Deployment
+from gateway.dispatch import Dispatcher
 from gateway.images import ImageLoader
 from gateway.inputs import InputResolver
+from gateway.ledger import MemoryLedger, RedisLedger, SpendLedger
 from gateway.logs import RequestContextMiddleware
 from gateway.openapi import OPENAPI_ROUTES
+from gateway.ratelimit import KeyRateLimiter
 from gateway.router import Router, ServedModel
 from gateway.service import EmbeddingService
 from gateway.stores import MemoryStore, RedisStore, TieredStore, VectorStore
 from gateway.tokens import LOAD_TIMEOUT_S, TokenDecoder
-from providers.registry import create_provider
+from providers.registry import create_provider, loads_weights
 from providers.torch_device import resolve_device
 
 logger = logging.getLogger(__name__)
 
 
 def build_models(settings: Settings) -> list[ServedModel]:
-    """One provider per configured model; nothing is loaded yet."""
-    return [ServedModel(m, create_provider(m.provider, m.provider_options, name=m.name)) for m in settings.models]
+    """One provider per configured deployment; nothing is loaded yet."""
+    return [
+        ServedModel(
+            m,
+            [
+                Deployment.from_settings(d, create_provider(d.provider, d.provider_options, name=d.name))
+                for d in m.deployments
+            ],
+        )
+        for m in settings.models
+    ]
+
+
+def build_ledger(settings: Settings) -> SpendLedger:
+    """Budgets in Redis when configured (shared by replicas), else in this process."""
+    if settings.redis_url is None:
+        return MemoryLedger()
+    return RedisLedger.from_url(
+        settings.redis_url.get_secret_value(),
+        settings.cache.key_prefix,
+        retry_after_s=settings.cache.redis_retry_after_s,
+        cluster=settings.cache.redis_cluster,
+    )
 
 
 def build_store(settings: Settings) -> VectorStore:
@@ -51,10 +78,17 @@ def build_store(settings: Settings) -> VectorStore:
     return TieredStore(memory, redis) if cache.memory_mb > 0 else redis
 
 
-def describe_source(model: ServedModel) -> str:
-    """Where a model's weights come from and where it runs, for the log line before a long load."""
-    options = model.settings.provider_options
-    source = str(options.get("model", "?"))
+def weights_source(settings: DeploymentSettings) -> str | None:
+    """The hub id or directory a local deployment loads its weights from; None for an API."""
+    return str(settings.provider_options.get("model", "")) if loads_weights(settings.provider) else None
+
+
+def describe_source(settings: DeploymentSettings) -> str:
+    """Where a deployment's weights come from and where it runs, for the log line before a long load."""
+    options = settings.provider_options
+    source = weights_source(settings)
+    if source is None:
+        return f"an API at {options.get('base_url', 'its default URL')}"
     where = f"local directory {source}" if Path(source).is_dir() else f"hub repository {source}"
     if options.get("revision"):
         where += f" (revision {options['revision']})"
@@ -62,28 +96,51 @@ def describe_source(model: ServedModel) -> str:
 
 
 def load_models(models: Sequence[ServedModel]) -> None:
-    """Load weights (blocking, logged before and after); raises the provider's `ModelLoadError`."""
+    """Load every deployment (blocking, logged before and after), then check each model is one space.
+
+    Raises the provider's `ModelLoadError`, or `SpaceMismatch`."""
     for model in models:
-        logger.info(
-            "loading model %s (provider %s) from %s", model.name, model.settings.provider, describe_source(model)
-        )
-        started = time.perf_counter()
-        model.provider.load()
-        elapsed = time.perf_counter() - started
-        logger.info("loaded model %s (%d dimensions) in %.1f s", model.name, model.dimension, elapsed)
+        for deployment in model.deployments:
+            load_deployment(model, deployment)
+        model.settle_space()
+
+
+def load_deployment(model: ServedModel, deployment: Deployment) -> None:
+    """Load one deployment's weights or check its API settings, logged before and after."""
+    logger.info(
+        "loading model %s deployment %s (provider %s) from %s",
+        model.name,
+        deployment.name,
+        deployment.settings.provider,
+        describe_source(deployment.settings),
+    )
+    started = time.perf_counter()
+    deployment.provider.load()
+    elapsed = time.perf_counter() - started
+    logger.info("loaded %s (%d dimensions) in %.1f s", deployment.name, deployment.provider.info.dimension, elapsed)
 
 
 def create_app(
-    settings: Settings, models: Sequence[ServedModel] | None = None, *, token_load_timeout_s: float = LOAD_TIMEOUT_S
+    settings: Settings,
+    models: Sequence[ServedModel] | None = None,
+    *,
+    canaries: Sequence[Canary] | None = None,
+    token_load_timeout_s: float = LOAD_TIMEOUT_S,
 ) -> Litestar:
-    """Build the app; `models` may be pre-loaded (the CLI does, to fail fast with one line).
+    """Build the app; `models` may be pre-loaded and `canaries` already run (the CLI does both, to fail
+    fast with one line: then `canaries` are the ones with deployments still to verify).
 
     Start-up waits at most `token_load_timeout_s` for tiktoken's file (see `gateway.tokens`).
     """
     preloaded = models is not None
     served = list(models) if models is not None else build_models(settings)
     state = State(
-        {"ready": False, "started_at": int(time.time()), "expose_cache_headers": settings.cache.expose_headers}
+        {
+            "ready": False,
+            "started_at": int(time.time()),
+            "expose_cache_headers": settings.cache.expose_headers,
+            "key_ring": KeyRing(settings.auth),
+        }
     )
 
     @asynccontextmanager
@@ -93,25 +150,41 @@ def create_app(
         resolver = InputResolver(images, tokens, settings.limits)
         store = build_store(settings)
         cache = VectorCache(store, prefix=settings.cache.key_prefix)
-        app.state.service = EmbeddingService(Router(served), resolver, cache, settings.limits)
+        ledger = build_ledger(settings)
+        dispatcher = Dispatcher(ledger)
+        app.state.service = EmbeddingService(Router(served), resolver, cache, settings.limits, dispatcher)
+        redis_url = settings.redis_url.get_secret_value() if settings.redis_url is not None else None
+        app.state.rate_limiter = KeyRateLimiter(
+            redis_url, prefix=settings.cache.key_prefix, timeout_s=settings.cache.redis_timeout_s
+        )
         tokens_loaded = tokens.load()
         if preloaded:
             await tokens_loaded
         else:
             await asyncio.gather(asyncio.to_thread(load_models, served), tokens_loaded)
-        for model in served:
-            await model.provider.start()
-        collector = metrics.register(served, cache)
-        app.state.ready = True
+        deployments = [d for model in served for d in model.deployments]
+        recheck: asyncio.Task[None] | None = None
         try:
-            yield
+            for deployment in deployments:
+                await deployment.provider.start()
+            unverified = list(canaries) if canaries is not None else await run_canaries(served)
+            if unverified:
+                recheck = asyncio.create_task(recheck_forever(unverified), name="canary-recheck")
+            collector = metrics.register(served, cache, dispatcher, app.state.rate_limiter)
+            app.state.ready = True
+            try:
+                yield
+            finally:
+                app.state.ready = False
+                metrics.unregister(collector)
         finally:
-            app.state.ready = False
-            metrics.unregister(collector)
-            for model in served:
-                await model.provider.close()
+            if recheck is not None:
+                recheck.cancel()
+            for deployment in deployments:
+                await deployment.provider.close()
             await images.aclose()
             await store.aclose()
+            await ledger.aclose()
 
     prometheus = metrics.prometheus_config()
     app = Litestar(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import logging
 import os
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("gateway")
 
 PROGRESS_EVERY_S = 15.0
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, default=None, help="YAML config file (default: $GATEWAY_CONFIG)")
     serve.add_argument("--host", default=None, help="interface to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port to listen on (default 8000)")
+    hash_key = commands.add_parser("hash-key", help="print the sha256 of a client key, for `auth.keys[].key_sha256`")
+    hash_key.add_argument("key", nargs="?", default=None, help="the key (default: read one line from stdin)")
     return parser
 
 
@@ -74,7 +78,10 @@ def _hub_offline_reason(models: list[ServedModel]) -> str | None:
     """Probe the hub once when a model comes from it; unreachable: the hub client uses its cache only."""
     from huggingface_hub import constants
 
-    remote = [m.name for m in models if not Path(str(m.settings.provider_options.get("model", ""))).is_dir()]
+    from gateway.app import weights_source
+
+    sources = [(d.name, weights_source(d.settings)) for m in models for d in m.deployments]
+    remote = [name for name, source in sources if source is not None and not Path(source).is_dir()]
     if not remote or constants.HF_HUB_OFFLINE:
         return None
     reason = hub_unreachable(constants.ENDPOINT, float(constants.HF_HUB_ETAG_TIMEOUT))
@@ -126,9 +133,17 @@ def serve(settings: Settings) -> int:
     """Load every model (one line and exit code 2 if one cannot load), then serve until stopped."""
     import uvicorn
 
-    from gateway.app import build_models, create_app, load_models
+    from gateway.app import build_models, create_app, load_deployment, weights_source
+    from gateway.canary import CanaryFailed, verify_spaces
+    from gateway.router import SpaceMismatch
 
     configure_logging(settings.log_level, settings.log_format, access=settings.access_log)
+    if not settings.auth.keys and settings.host not in LOOPBACK_HOSTS:
+        logger.warning(
+            "no client keys are configured (auth.keys) and the gateway listens on %s: anyone who can reach it "
+            "may embed, and spend the paid deployments' budgets",
+            settings.host,
+        )
     try:
         models = build_models(settings)
     except (KeyError, ValidationError) as exc:
@@ -143,19 +158,33 @@ def serve(settings: Settings) -> int:
     if settings.log_format == "json":  # progress bars are not JSON lines; text logs keep them
         transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     for model in models:
+        for deployment in model.deployments:
+            source = weights_source(deployment.settings)
+            try:
+                with progress_lines(deployment.name, source or ""):
+                    load_deployment(model, deployment)
+            except ModelLoadError as exc:
+                reason = str(exc).rstrip(".")
+                if source is None:
+                    return _fail(
+                        f"could not start deployment '{deployment.name}' of model '{model.name}' "
+                        f"(provider {deployment.settings.provider}): {reason}."
+                    )
+                hint = f"; {offline}" if offline else ""
+                return _fail(
+                    f"could not load model '{model.name}' (provider {deployment.settings.provider}) from "
+                    f"'{source}': {reason}{hint}. "
+                    "Offline? Download the checkpoint elsewhere and set `model:` in the config to its local directory."
+                )
         try:
-            with progress_lines(model.name, str(model.settings.provider_options.get("model", ""))):
-                load_models([model])
-        except ModelLoadError as exc:
-            source = model.settings.provider_options.get("model", "?")
-            reason = str(exc).rstrip(".")
-            hint = f"; {offline}" if offline else ""
-            return _fail(
-                f"could not load model '{model.name}' (provider {model.settings.provider}) from '{source}': "
-                f"{reason}{hint}. "
-                "Offline? Download the checkpoint elsewhere and set `model:` in the config to its local directory."
-            )
-    app = create_app(settings, models)
+            model.settle_space()
+        except SpaceMismatch as exc:
+            return _fail(f"invalid model config: {exc}")
+    try:
+        canaries = asyncio.run(verify_spaces(models))
+    except CanaryFailed as exc:
+        return _fail(str(exc))
+    app = create_app(settings, models, canaries=canaries)
     freeze_startup_heap()
     # log_config=None: uvicorn's records go through our handler (text or JSON); our middleware writes the access log.
     uvicorn.run(
@@ -185,6 +214,12 @@ def freeze_startup_heap() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "hash-key":
+        from gateway.auth import hash_key
+
+        key = args.key if args.key is not None else sys.stdin.readline().strip()
+        print(hash_key(key))
+        return 0
     config = args.config or (Path(os.environ["GATEWAY_CONFIG"]) if os.environ.get("GATEWAY_CONFIG") else None)
     overrides = {k: v for k, v in {"host": args.host, "port": args.port}.items() if v is not None}
     try:

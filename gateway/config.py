@@ -7,6 +7,7 @@ the YAML file (`--config FILE` or `GATEWAY_CONFIG`), then the defaults below.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,22 +22,184 @@ from pydantic_settings import (
 DEFAULT_MODEL = "google/siglip2-base-patch16-224"
 
 
-class ModelSettings(BaseModel):
-    """One served model. Keys other than the ones below go to the provider (`model`, `device`, ...)."""
+class PriceSettings(BaseModel):
+    """What a deployment costs; local deployments cost nothing. Costs come from the usage the upstream
+    reports; the `estimate_*` fields bound a call's cost *before* it is made, for budget reservations."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    usd_per_1m_tokens: float = Field(default=0.0, ge=0, description="Price per 1M billed tokens.")
+    usd_per_1b_pixels: float = Field(default=0.0, ge=0, description="Price per 1B image pixels (Voyage).")
+    estimate_tokens_per_image: int = Field(
+        default=16_000,
+        ge=0,
+        description="Upper bound of the tokens one image is billed as, for reservations (Jina bills an image "
+        "as tokens: ~4,000 per 512x512 tile for jina-clip-v2).",
+    )
+    estimate_min_pixels_per_image: int = Field(
+        default=50_000, ge=0, description="Pixels an image is billed as at least (Voyage: 50,000)."
+    )
+
+    @property
+    def is_free(self) -> bool:
+        return self.usd_per_1m_tokens == 0 and self.usd_per_1b_pixels == 0
+
+
+class BudgetSettings(BaseModel):
+    """Spend limits in USD per UTC day and month; None: no limit (spend is still recorded)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    usd_per_day: float | None = Field(default=None, ge=0)
+    usd_per_month: float | None = Field(default=None, ge=0)
+
+
+class BreakerSettings(BaseModel):
+    """A deployment's circuit breaker: after `failure_threshold` failures in a row it is skipped for
+    `cooldown_s`, then one request probes it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    failure_threshold: int = Field(default=5, ge=1)
+    cooldown_s: float = Field(default=30.0, gt=0)
+
+
+class DeploymentSettings(BaseModel):
+    """One place a model's vectors are computed: a local checkpoint or an API. Keys other than the ones
+    below go to the provider (`model`, `device`, `base_url`, `api_key`, ...)."""
 
     model_config = ConfigDict(extra="allow")
 
+    provider: str = Field(description="Provider kind: `siglip`, `jina`, `voyage`, `openai_compatible`.")
+    name: str = Field(
+        default="",
+        description="Unique name in logs, metrics, budgets and errors. Default: the model's name for its only "
+        "deployment, else `<model>/<provider>` (numbered when repeated).",
+    )
+    priority: int = Field(
+        default=0,
+        description="0 is tried first. Equal priorities share load (fewest requests in flight first); a higher "
+        "number is tried only when every lower one is skipped or has failed.",
+    )
+    canary: bool = Field(
+        default=True,
+        description="Embed the start-up probes here and compare them with the model's other deployments. "
+        "`false` for an API whose probes would cost money: start-up warns that its space is unverified.",
+    )
+    price: PriceSettings = Field(default_factory=PriceSettings)
+    budget: BudgetSettings = Field(default_factory=BudgetSettings)
+    breaker: BreakerSettings = Field(default_factory=BreakerSettings)
+
+    @property
+    def provider_options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    def __repr_args__(self) -> Any:
+        """Provider options may hold an `api_key`: a repr (in a log or a traceback) masks secrets."""
+        for name, value in super().__repr_args__():
+            yield name, "**********" if name is not None and SECRET_NAME.search(name) else value
+
+
+SECRET_NAME = re.compile(r"key|secret|token|password", re.IGNORECASE)
+MODEL_KEYS = {"name", "deployments", "matryoshka_dimensions", "space", "canary_threshold"}
+
+
+class ModelSettings(BaseModel):
+    """One served model: one public name, one vector space, deployments tried in priority order.
+
+    The flat form of earlier versions (`{name, provider, model, ...}`) is one deployment."""
+
+    model_config = ConfigDict(extra="forbid")
+
     name: str = Field(description="What clients send as `model`.")
-    provider: str = Field(description="Provider kind, e.g. `siglip`.")
+    deployments: list[DeploymentSettings] = Field(min_length=1)
     matryoshka_dimensions: list[int] | None = Field(
         default=None,
         description="Dimensions clients may ask for with `dimensions` (truncate + renormalise). "
         "None: the model is not Matryoshka-trained and `dimensions` must equal its own.",
     )
+    space: str | None = Field(
+        default=None,
+        description="Declares that deployments whose own spaces differ (a local checkpoint and the API serving "
+        "the same weights, bf16 on a GPU host and fp32 here) are one vector space; the start-up canary checks "
+        "the claim. Also the cache's namespace. None: every deployment must report the same space.",
+    )
+    canary_threshold: float = Field(
+        default=0.99, gt=0, le=1, description="Lowest cosine between two deployments' vectors of one probe."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lift_flat_form(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or "deployments" in data:
+            return data
+        model = {k: v for k, v in data.items() if k in MODEL_KEYS}
+        model["deployments"] = [{k: v for k, v in data.items() if k not in MODEL_KEYS}]
+        return model
+
+    @model_validator(mode="after")
+    def _name_deployments(self) -> ModelSettings:
+        if len(self.deployments) == 1 and not self.deployments[0].name:
+            self.deployments[0].name = self.name
+        seen: dict[str, int] = {}
+        for deployment in self.deployments:
+            if not deployment.name:
+                base = f"{self.name}/{deployment.provider}"
+                seen[base] = seen.get(base, 0) + 1
+                deployment.name = base if seen[base] == 1 else f"{base}-{seen[base]}"
+        names = [d.name for d in self.deployments]
+        if len(set(names)) != len(names):
+            raise ValueError(f"deployment names of model {self.name!r} must be unique: {names}")
+        return self
+
+    @property
+    def provider(self) -> str:
+        """The first deployment's provider kind (for messages about single-deployment models)."""
+        return self.deployments[0].provider
 
     @property
     def provider_options(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
+        """The first deployment's provider options."""
+        return self.deployments[0].provider_options
+
+
+class ClientKeySettings(BaseModel):
+    """A key for one of your clients. Store `key_sha256` (`python -m gateway hash-key`), not the key."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Names the key in usage, metrics, logs and budget messages; never secret.")
+    key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$", description="sha256 hex of the key.")
+    key: SecretStr | None = Field(default=None, description="The key itself (hashed at start-up); prefer key_sha256.")
+    models: list[str] = Field(default=["*"], description="Models it may use; `*`: all.")
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    budget: BudgetSettings = Field(default_factory=BudgetSettings)
+
+    @model_validator(mode="after")
+    def _one_key(self) -> ClientKeySettings:
+        if (self.key is None) == (self.key_sha256 is None):
+            raise ValueError(f"client key {self.name!r} needs exactly one of `key_sha256` and `key`")
+        return self
+
+
+class AuthSettings(BaseModel):
+    """Client keys. None configured: the gateway is open (start-up warns when bound beyond loopback)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    keys: list[ClientKeySettings] = Field(default_factory=list)
+    admin_key_sha256: str | None = Field(
+        default=None, pattern=r"^[0-9a-fA-F]{64}$", description="sha256 hex of the key for `GET /v1/usage`."
+    )
+    admin_key: SecretStr | None = Field(default=None, description="The admin key itself; prefer admin_key_sha256.")
+
+    @field_validator("keys")
+    @classmethod
+    def _unique(cls, keys: list[ClientKeySettings]) -> list[ClientKeySettings]:
+        names = [k.name for k in keys]
+        if len(set(names)) != len(names):
+            raise ValueError(f"client key names must be unique: {names}")
+        return keys
 
 
 class LimitSettings(BaseModel):
@@ -140,6 +303,7 @@ class Settings(BaseSettings):
     )
     cache: CacheSettings = Field(default_factory=CacheSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
     token_encoding: str = Field(
         default="cl100k_base", description="tiktoken encoding used to decode token-id inputs (LangChain's default)."
     )
@@ -169,6 +333,10 @@ class Settings(BaseSettings):
         duplicates = {n for n in names if names.count(n) > 1}
         if duplicates:
             raise ValueError(f"model names must be unique: {sorted(duplicates)}")
+        deployments = [d.name for m in models for d in m.deployments]
+        duplicates = {n for n in deployments if deployments.count(n) > 1}
+        if duplicates:
+            raise ValueError(f"deployment names must be unique across models: {sorted(duplicates)}")
         return models
 
 

@@ -2,10 +2,14 @@
 
     GatewayError                      rendered as {"error": {message, type, param, code}}
      ├── InvalidRequest        400    a bad field or input item; `param` names it
+     ├── Unauthorized          401    a missing or unknown client key
+     ├── PermissionDenied      403    a key used for a model (or route) it may not use
      ├── UnsupportedMediaType  415    the body is not JSON
      ├── ModelNotFound         404    `model` is not served here
      ├── RateLimited           429    a queue is full; carries Retry-After
+     │    └── InsufficientQuota 429    a budget is spent (not retried by the openai SDK)
  ├── ClientDisconnected    499    the client left before its answer (nobody reads the body)
+     ├── BadGateway            502    every upstream refused our credentials or quota
      └── ServiceUnavailable    503    a dependency (model, upstream) failed
 
 Errors raised by providers (`providers.base`) are translated by `from_provider_error`.
@@ -52,18 +56,30 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "image_url_forbidden": (400, "An image URL whose host is not a public address."),
     "image_fetch_failed": (400, "An image URL that could not be fetched: unreachable, an HTTP error, too slow."),
     # other 4xx
+    "invalid_api_key": (401, "No `Authorization: Bearer` key, or one the gateway does not know."),
+    "model_not_allowed": (403, "The client key may not use this model (its `models` list)."),
+    "admin_key_required": (403, "`GET /v1/usage` needs the admin key."),
     "not_found": (404, "No such route."),
     "model_not_found": (404, "`model` is not served here."),
     "method_not_allowed": (405, "The route exists, the method does not."),
     "request_too_large": (413, "A body over `limits.max_body_bytes`."),
     "unsupported_media_type": (415, "A body that is not `application/json`."),
     "unsupported_content_encoding": (415, "A compressed request body (`Content-Encoding`); send it plain."),
-    "server_overloaded": (429, "The model's queue is full; retry after `Retry-After` seconds."),
+    "server_overloaded": (
+        429,
+        "Every deployment of the model is saturated or rate limited; retry after `Retry-After` seconds.",
+    ),
+    "rate_limit_exceeded": (429, "The client key's `requests_per_minute`; retry after `Retry-After` seconds."),
+    "insufficient_quota": (429, "A budget (the key's or every paid deployment's) is spent; the message names it."),
     "client_disconnected": (499, "The client left before its answer (logged; nobody reads it)."),
     # 5xx: the gateway or a dependency; never a wrong vector
     "internal_error": (500, "A bug; logged with its traceback."),
     "http_error": (500, "Any other HTTP-level error."),
-    "model_unavailable": (503, "The model failed to compute, or returned malformed vectors."),
+    "upstream_refused": (502, "An upstream API refused the gateway's credentials or quota; names the deployment."),
+    "model_unavailable": (
+        503,
+        "No deployment of the model could compute: failed, timed out, malformed vectors, or circuit open.",
+    ),
     "interrupted": (503, "The request's work was cancelled inside the gateway; retrying is safe."),
 }
 MAX_ECHO = 80
@@ -105,6 +121,19 @@ class InvalidRequest(GatewayError):
     error_type = "invalid_request_error"
 
 
+class Unauthorized(GatewayError):
+    status_code = 401
+    error_type = "invalid_request_error"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class PermissionDenied(GatewayError):
+    status_code = 403
+    error_type = "invalid_request_error"
+
+
 class UnsupportedMediaType(GatewayError):
     status_code = 415
     error_type = "invalid_request_error"
@@ -128,6 +157,23 @@ class RateLimited(GatewayError):
             "Retry-After": str(max(1, round(self.retry_after))),
             "retry-after-ms": str(int(self.retry_after * 1000)),
         }
+
+
+class InsufficientQuota(RateLimited):
+    """A spent budget: retrying soon does not help, so the openai SDK is told not to (`x-should-retry`)."""
+
+    error_type = "insufficient_quota"
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message, retry_after=retry_after, code="insufficient_quota")
+
+    def headers(self) -> dict[str, str]:
+        return super().headers() | {"x-should-retry": "false"}
+
+
+class BadGateway(GatewayError):
+    status_code = 502
+    error_type = "server_error"
 
 
 class ClientDisconnected(GatewayError):

@@ -10,6 +10,9 @@ from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFam
 from prometheus_client.registry import Collector
 
 from gateway.cache import VectorCache
+from gateway.deployments import Deployment
+from gateway.dispatch import Dispatcher
+from gateway.ratelimit import KeyRateLimiter
 from gateway.router import ServedModel
 
 PROVIDER_METRICS = {
@@ -21,15 +24,33 @@ PROVIDER_METRICS = {
         CounterMetricFamily,
     ),
     "queued": ("gateway_model_queued", "Inputs admitted and not yet answered.", GaugeMetricFamily),
+    "upstream_calls_total": ("gateway_upstream_calls", "HTTP calls made to an upstream API.", CounterMetricFamily),
+    "upstream_errors_total": (
+        "gateway_upstream_errors",
+        "Upstream calls that failed (after which the call may be retried).",
+        CounterMetricFamily,
+    ),
+    "upstream_retries_total": ("gateway_upstream_retries", "Upstream calls retried.", CounterMetricFamily),
+    "upstream_rate_limited_total": (
+        "gateway_upstream_rate_limited",
+        "Calls refused by the client-side rate limits or answered 429.",
+        CounterMetricFamily,
+    ),
+    "in_flight": ("gateway_upstream_in_flight", "Upstream calls in flight.", GaugeMetricFamily),
 }
+CIRCUIT_STATES = ("closed", "half_open", "open")
 
 
 class ProviderCollector(Collector):
     """Reads `stats()` of every served model, and the cache's counters, at scrape time."""
 
-    def __init__(self, models: Iterable[ServedModel], cache: VectorCache) -> None:
+    def __init__(
+        self, models: Iterable[ServedModel], cache: VectorCache, dispatcher: Dispatcher, rates: KeyRateLimiter
+    ) -> None:
         self.models = list(models)
         self.cache = cache
+        self.dispatcher = dispatcher
+        self.rates = rates
 
     def collect(self) -> Iterator[Metric]:
         yield CounterMetricFamily("gateway_cache_hits", "Items answered from the cache.", value=self.cache.hits)
@@ -40,13 +61,55 @@ class ProviderCollector(Collector):
             yield GaugeMetricFamily("gateway_redis_up", "1 while Redis is in use.", value=store["redis_up"])
         if "memory_entries" in store:
             yield GaugeMetricFamily("gateway_cache_memory_bytes", "In-process cache size.", value=store["memory_bytes"])
+        deployments = [(model, d) for model in self.models for d in model.deployments]
+        stats = {d.name: d.provider.stats() for _, d in deployments}
         for key, (name, documentation, family_type) in PROVIDER_METRICS.items():
-            family = family_type(name, documentation, labels=["model"])
-            for model in self.models:
-                value = model.provider.stats().get(key)
+            family = family_type(name, documentation, labels=["model", "deployment"])
+            for model, deployment in deployments:
+                value = stats[deployment.name].get(key)
                 if value is not None:
-                    family.add_metric([model.name], value)
+                    family.add_metric([model.name, deployment.name], value)
             yield family
+        yield from self._deployments(deployments)
+        spend = CounterMetricFamily("gateway_key_spend_usd", "USD spent on behalf of each client key.", labels=["key"])
+        for key, usd in self.dispatcher.spend_by_key.items():
+            spend.add_metric([key], usd)
+        yield spend
+        yield CounterMetricFamily(
+            "gateway_key_rate_limited", "Requests refused by a key's requests_per_minute.", value=self.rates.refused
+        )
+
+    @staticmethod
+    def _deployments(deployments: list[tuple[ServedModel, Deployment]]) -> Iterator[Metric]:
+        labels = ["model", "deployment"]
+        circuit = GaugeMetricFamily(
+            "gateway_deployment_circuit", "1 for the circuit breaker's current state.", labels=[*labels, "state"]
+        )
+        verified = GaugeMetricFamily(
+            "gateway_deployment_verified", "1 once the canary has checked the deployment.", labels=labels
+        )
+        calls = CounterMetricFamily("gateway_deployment_calls", "Batches sent to a deployment.", labels=labels)
+        failures = CounterMetricFamily("gateway_deployment_failures", "Batches a deployment failed.", labels=labels)
+        fallbacks = CounterMetricFamily(
+            "gateway_deployment_fallbacks", "Batches a deployment took after an earlier one failed.", labels=labels
+        )
+        skips = CounterMetricFamily(
+            "gateway_deployment_skips", "Times a deployment was passed over, by reason.", labels=[*labels, "reason"]
+        )
+        spend = CounterMetricFamily("gateway_deployment_spend_usd", "USD spent on a deployment.", labels=labels)
+        for model, deployment in deployments:
+            names = [model.name, deployment.name]
+            for state in CIRCUIT_STATES:
+                circuit.add_metric([*names, state], 1.0 if deployment.breaker.state.value == state else 0.0)
+            verified.add_metric(names, 1.0 if deployment.verified else 0.0)
+            counters = deployment.counters
+            calls.add_metric(names, counters.calls)
+            failures.add_metric(names, counters.failures)
+            fallbacks.add_metric(names, counters.fallbacks)
+            spend.add_metric(names, counters.spend_usd)
+            for reason, count in counters.skipped.items():
+                skips.add_metric([*names, reason], count)
+        yield from (circuit, verified, calls, failures, fallbacks, skips, spend)
 
 
 def prometheus_config() -> PrometheusConfig:
@@ -59,8 +122,10 @@ class MetricsController(PrometheusController):
     path = "/metrics"
 
 
-def register(models: Iterable[ServedModel], cache: VectorCache) -> Collector:
-    collector = ProviderCollector(models, cache)
+def register(
+    models: Iterable[ServedModel], cache: VectorCache, dispatcher: Dispatcher, rates: KeyRateLimiter
+) -> Collector:
+    collector = ProviderCollector(models, cache, dispatcher, rates)
     REGISTRY.register(collector)
     return collector
 

@@ -27,6 +27,9 @@ Schema = dict[str, Any]
 JSON = "application/json"
 OPENAPI_PATH = "/openapi.json"
 ROUTING_CODES = frozenset({"not_found", "method_not_allowed"})  # about a URL or method, not an operation
+ADMIN_CODES = frozenset({"admin_key_required"})
+AUTH_CODES = ("invalid_api_key",)
+SECURITY: list[dict[str, list[str]]] = [{"bearer": []}, {}]  # a key when `auth.keys` are configured, else none
 GENERIC_CODES = frozenset({"internal_error", "http_error"})  # any operation may answer these
 # A 2x2 PNG: the examples must be embeddable by any image model, offline.
 PNG_BASE64 = (
@@ -227,8 +230,45 @@ def response_schemas() -> dict[str, Schema]:
         ),
         "Health": _object({"status": _const("ok")}, ["status"]),
         "Readiness": _object(
-            {"status": {"enum": ["ready", "starting"]}, "models": {"type": "array", "items": {"type": "string"}}},
+            {
+                "status": {"enum": ["ready", "starting"]},
+                "models": {"type": "array", "items": {"type": "string"}},
+                "deployments": {
+                    "type": "object",
+                    "description": "Each deployment's circuit breaker and canary state, by deployment name.",
+                    "additionalProperties": _object(
+                        {
+                            "model": {"type": "string"},
+                            "circuit": {"enum": ["closed", "half_open", "open"]},
+                            "verified": {"type": "boolean"},
+                        },
+                        ["model", "circuit", "verified"],
+                    ),
+                },
+            },
             ["status", "models"],
+        ),
+        "Usage": _object(
+            {
+                "object": _const("usage"),
+                "days": count,
+                "total_usd": {"type": "number", "minimum": 0},
+                "keys": {"type": "object", "additionalProperties": {"type": "number"}},
+                "deployments": {"type": "object", "additionalProperties": {"type": "number"}},
+                "data": {
+                    "type": "array",
+                    "items": _object(
+                        {
+                            "date": {"type": "string", "format": "date"},
+                            "total_usd": {"type": "number", "minimum": 0},
+                            "keys": {"type": "object", "additionalProperties": {"type": "number"}},
+                            "deployments": {"type": "object", "additionalProperties": {"type": "number"}},
+                        },
+                        ["date", "total_usd", "keys", "deployments"],
+                    ),
+                },
+            },
+            ["object", "days", "total_usd", "keys", "deployments", "data"],
         ),
     }
 
@@ -328,16 +368,29 @@ def response_examples(model: str) -> dict[str, Schema]:
 
 def _embeddings_operation(models: Sequence[DocumentedModel], operation_id: str, *, cache_headers: bool) -> Schema:
     example_model = next((m.name for m in models if m.multimodal), models[0].name if models else "MODEL")
-    codes = [code for code in ERROR_CODES if code not in ROUTING_CODES]
+    codes = [code for code in ERROR_CODES if code not in ROUTING_CODES | ADMIN_CODES]
     count_header = {"schema": {"type": "integer", "minimum": 0}, "required": True}
     headers = {
-        "X-Cache-Hits": count_header | {"description": "Items answered from the cache."},
-        "X-Cache-Misses": count_header | {"description": "Items computed."},
+        "X-Gateway-Cost-USD": {
+            "schema": {"type": "string", "pattern": r"^\d+\.\d{9}$"},
+            "required": True,
+            "description": "What the request cost on paid deployments, in USD (cache hits and local models: 0).",
+        },
+        "X-Gateway-Deployments": {
+            "schema": {"type": "string"},
+            "description": "The deployments that computed its vectors, comma-separated; absent when all were cached.",
+        },
     }
+    if cache_headers:
+        headers |= {
+            "X-Cache-Hits": count_header | {"description": "Items answered from the cache."},
+            "X-Cache-Misses": count_header | {"description": "Items computed."},
+        }
     return {
         "operationId": operation_id,
         "summary": "Create embeddings (OpenAI's request, extended with images and interleaved items)",
         "tags": ["embeddings"],
+        "security": SECURITY,
         "parameters": [
             {
                 "name": "Cache-Control",
@@ -355,7 +408,7 @@ def _embeddings_operation(models: Sequence[DocumentedModel], operation_id: str, 
             "200": {
                 "description": "Unit-length vectors in input order.",
                 "content": {JSON: {"schema": _ref("EmbeddingList"), "examples": response_examples(example_model)}},
-                "headers": headers if cache_headers else {},
+                "headers": headers,
             },
             **error_responses(codes),
         },
@@ -390,15 +443,41 @@ def paths(models: Sequence[DocumentedModel], *, cache_headers: bool = False) -> 
         "/embeddings": {
             "post": _embeddings_operation(models, "createEmbeddingUnversioned", cache_headers=cache_headers)
         },
-        "/v1/models": _get("listModels", "List the served models", model_list, tags=["models"]),
-        "/models": _get("listModelsUnversioned", "List the served models", model_list, tags=["models"]),
+        "/v1/models": _get(
+            "listModels", "List the served models", model_list, AUTH_CODES, tags=["models"], security=SECURITY
+        ),
+        "/models": _get(
+            "listModelsUnversioned",
+            "List the served models",
+            model_list,
+            AUTH_CODES,
+            tags=["models"],
+            security=SECURITY,
+        ),
         "/v1/models/{model_id}": _get(
             "retrieveModel",
             "One served model",
             _json("The model.", _ref("Model")),
-            ["model_not_found"],
+            ["model_not_found", "model_not_allowed", *AUTH_CODES],
             tags=["models"],
             parameters=[model_id],
+            security=SECURITY,
+        ),
+        "/v1/usage": _get(
+            "usage",
+            "Spend by client key, deployment and UTC day (admin key)",
+            _json("Spend over the last `days` days.", _ref("Usage")),
+            ["invalid_value", "admin_key_required", *AUTH_CODES],
+            tags=["operations"],
+            security=SECURITY,
+            parameters=[
+                {
+                    "name": "days",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 400, "default": 7},
+                }
+            ],
         ),
         "/health": _get("health", "Liveness", _json("The process answers.", _ref("Health")), tags=["operations"])
         | {"head": {"operationId": "healthHead", "summary": "Liveness, no body", "responses": {"200": head_ok}}},
@@ -443,6 +522,13 @@ def openapi_document(
                 **response_schemas(),
             },
             "responses": {f"Routing{status}": resp for status, resp in error_responses(codes).items()},
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "A client key from `auth.keys`; none needed while no keys are configured.",
+                }
+            },
         },
     }
 

@@ -10,17 +10,24 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from gateway.config import ModelSettings
+from gateway.deployments import Deployment
 from gateway.errors import InvalidRequest, ModelNotFound
 from gateway.inputs import ItemSpec
-from providers.base import EmbeddingProvider, Modality
+from providers.base import Modality
+
+
+class SpaceMismatch(Exception):
+    """Deployments of one model that are not one vector space: the gateway refuses to start."""
 
 
 @dataclass(slots=True)
 class ServedModel:
-    """One public model name: its settings and the provider that computes its vectors."""
+    """One public model name: one vector space, computed by its deployments in priority order."""
 
     settings: ModelSettings
-    provider: EmbeddingProvider
+    deployments: list[Deployment]
+    space: str = ""
+    """The cache's namespace: the declared `space`, else the one space every deployment reports."""
 
     @property
     def name(self) -> str:
@@ -28,29 +35,56 @@ class ServedModel:
 
     @property
     def dimension(self) -> int:
-        return self.provider.info.dimension
+        return self.deployments[0].provider.info.dimension
 
     @property
     def modalities(self) -> frozenset[Modality]:
-        return self.provider.info.modalities
+        return frozenset().union(*(d.provider.info.modalities for d in self.deployments))
+
+    def settle_space(self) -> None:
+        """After loading: every deployment has the same dimension, and either reports the same space or
+        the model declares one (which the canary then checks). Otherwise `SpaceMismatch`."""
+        first = self.deployments[0]
+        for other in self.deployments[1:]:
+            if other.provider.info.dimension != first.provider.info.dimension:
+                raise SpaceMismatch(
+                    f"model '{self.name}': deployment '{first.name}' has {first.provider.info.dimension} dimensions "
+                    f"and '{other.name}' has {other.provider.info.dimension}: they are not one vector space"
+                )
+        if self.settings.space:
+            self.space = f"declared:{self.settings.space}"
+            return
+        for other in self.deployments[1:]:
+            if other.provider.info.space != first.provider.info.space:
+                raise SpaceMismatch(
+                    f"model '{self.name}': deployments '{first.name}' ({first.provider.info.space}) and "
+                    f"'{other.name}' ({other.provider.info.space}) are different vector spaces. Vectors of one "
+                    "model must be interchangeable; if these serve the same weights, declare `space:` on the model "
+                    "and the start-up canary will check the claim"
+                )
+        self.space = first.provider.info.space
 
     def check_items(self, specs: Sequence[ItemSpec]) -> None:
-        """Refuse parts of a modality the model cannot embed, and fused items it cannot fuse."""
-        info = self.provider.info
+        """Refuse parts of a modality no deployment embeds, and fused items none can fuse."""
+        modalities = self.modalities
         for spec in specs:
-            if len(spec.parts) > 1 and not info.fuses_parts:
-                raise InvalidRequest(
-                    f"{spec.param}: model '{self.name}' does not accept interleaved items",
-                    param=spec.param,
-                    code="unsupported_input",
-                )
             for part in spec.parts:
-                if part.modality not in info.modalities:
-                    accepted = " and ".join(sorted(m.value for m in info.modalities))
+                if part.modality not in modalities:
+                    accepted = " and ".join(sorted(m.value for m in modalities))
                     raise InvalidRequest(
                         f"{part.param} is {part.modality.value}, but model '{self.name}' accepts only {accepted}",
                         param=part.param,
                         code="unsupported_modality",
+                    )
+            if len(spec.parts) > 1:
+                needed = {part.modality for part in spec.parts}
+                if not any(
+                    d.provider.info.fuses_parts and needed <= d.provider.info.modalities for d in self.deployments
+                ):
+                    raise InvalidRequest(
+                        f"{spec.param}: model '{self.name}' does not accept interleaved items",
+                        param=spec.param,
+                        code="unsupported_input",
                     )
 
     def check_dimensions(self, dimensions: int | None) -> int | None:

@@ -9,9 +9,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gateway.cache import CachePolicy, VectorCache
+from gateway.cache import VectorCache
 from gateway.config import LimitSettings
-from gateway.errors import RateLimited, ServiceUnavailable, from_provider_error
+from gateway.context import RequestContext
+from gateway.dispatch import Dispatcher
+from gateway.errors import RateLimited, from_provider_error
 from gateway.images import EncodedImage
 from gateway.inputs import InputResolver, ItemSpec, ResolvedItem, parse_input
 from gateway.router import Router, ServedModel
@@ -40,6 +42,8 @@ class Embeddings:
     prompt_tokens: int
     cache_hits: int = 0
     cache_misses: int = 0
+    cost_usd: float = 0.0
+    deployments: tuple[str, ...] = ()
 
 
 def truncate(vectors: Vectors, dimensions: int) -> Vectors:
@@ -67,11 +71,19 @@ def decode_groups(items: Sequence[ResolvedItem], indices: list[int], max_images:
 class EmbeddingService:
     """Validates a request against its model, resolves inputs, serves cached vectors, computes the rest."""
 
-    def __init__(self, router: Router, resolver: InputResolver, cache: VectorCache, limits: LimitSettings) -> None:
+    def __init__(
+        self,
+        router: Router,
+        resolver: InputResolver,
+        cache: VectorCache,
+        limits: LimitSettings,
+        dispatcher: Dispatcher,
+    ) -> None:
         self.router = router
         self.resolver = resolver
         self.cache = cache
         self.limits = limits
+        self.dispatcher = dispatcher
         self.in_flight = 0
 
     @contextlib.contextmanager
@@ -93,9 +105,12 @@ class EmbeddingService:
         request = parse_request(body, content_type, content_encoding)
         return ParsedRequest(request, parse_input(request.input, limits=self.limits))
 
-    async def embed(self, parsed: ParsedRequest, policy: CachePolicy | None = None) -> Embeddings:
+    async def embed(self, parsed: ParsedRequest, context: RequestContext | None = None) -> Embeddings:
         request, specs = parsed.request, parsed.specs
+        context = context or RequestContext()
         model = self.router.resolve(request.model)
+        if context.key is not None:
+            context.key.check_model(model.name)
         options = EmbedOptions(input_type=request.resolved_input_type())
         model.check_items(specs)
         dimensions = model.check_dimensions(request.dimensions)
@@ -103,13 +118,15 @@ class EmbeddingService:
 
         async def compute(indices: list[int]) -> tuple[Vectors, list[int]]:
             return await self._compute(
-                model, indices, options=options, dimensions=dimensions, specs=specs, resolved=resolved
+                model, indices, options=options, dimensions=dimensions, specs=specs, resolved=resolved, context=context
             )
 
-        space = model.provider.info.space
-        keys = [self.cache.key(space, options, dimensions, item) for item in resolved]
-        found = await self.cache.get_or_compute(keys, dimensions or model.dimension, compute, policy or CachePolicy())
-        return Embeddings(model.name, found.vectors, found.tokens, found.hits, found.misses)
+        keys = [self.cache.key(model.space, options, dimensions, item) for item in resolved]
+        found = await self.cache.get_or_compute(keys, dimensions or model.dimension, compute, context.policy)
+        spend = context.spend
+        return Embeddings(
+            model.name, found.vectors, found.tokens, found.hits, found.misses, spend.usd, tuple(spend.deployments)
+        )
 
     async def _compute(
         self,
@@ -120,6 +137,7 @@ class EmbeddingService:
         dimensions: int | None,
         specs: Sequence[ItemSpec],
         resolved: Sequence[ResolvedItem],
+        context: RequestContext,
     ) -> tuple[Vectors, list[int]]:
         """Embed the items at `indices`, decoding one batch of images while the previous one runs."""
         groups = decode_groups(resolved, indices, DECODE_BATCH_IMAGES)
@@ -136,16 +154,12 @@ class EmbeddingService:
                 if number + 1 < len(groups):
                     upcoming = asyncio.ensure_future(self.resolver.decode([resolved[i] for i in groups[number + 1]]))
                 try:
-                    result = await model.provider.embed(items, options)
-                except ProviderError as exc:
+                    result = await self.dispatcher.embed(model, items, options, context)
+                except ProviderError as exc:  # InputRejected: the client's input, named by its param
                     raise from_provider_error(exc, [specs[i].param for i in group]) from exc
                 vectors = result.vectors
-                if vectors.shape != (len(items), model.dimension) or not np.isfinite(vectors).all():
-                    raise ServiceUnavailable(
-                        f"model '{model.name}' returned malformed vectors {vectors.shape}", code="model_unavailable"
-                    )
                 rows.append(truncate(vectors, dimensions) if dimensions else vectors)
-                tokens.extend(result.item_tokens or [0] * len(items))
+                tokens.extend(result.item_tokens)
         finally:
             if upcoming is not None:
                 upcoming.cancel()

@@ -6,10 +6,11 @@ A provider never sees the client's HTTP request, the cache or budgets.
 
 Errors a provider may raise::
 
-    ProviderError             the provider could not serve (maps to 503)
-     ├── Overloaded           its queue is full; retry after `retry_after` seconds (429)
+    ProviderError             the provider could not serve: 5xx, timeout, garbage (503; next deployment)
+     ├── Overloaded           saturated or rate limited; retry after `retry_after` seconds (429; next deployment)
+     ├── UpstreamRefused      an upstream refused our credentials or quota (502; next deployment)
      ├── ModelLoadError       weights could not be loaded at start-up
-     └── InputRejected        an item it cannot embed; `index` names it (400)
+     └── InputRejected        an item it cannot embed; `index` names it (400; never retried elsewhere)
 """
 
 from __future__ import annotations
@@ -87,12 +88,32 @@ class EmbedOptions:
 
 
 @dataclass(frozen=True, slots=True)
+class Usage:
+    """What an upstream API billed for one call, as its response reports it (local models: none).
+
+    `billed_tokens` are the tokens its price per 1M tokens applies to (Jina: `total_tokens`, image
+    tokens included; Voyage: `text_tokens`); `image_pixels` the pixels its price per 1B pixels
+    applies to (Voyage: `image_pixels`)."""
+
+    billed_tokens: int = 0
+    image_pixels: int = 0
+    calls: int = 1
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.billed_tokens + other.billed_tokens, self.image_pixels + other.image_pixels, self.calls + other.calls
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class EmbedResult:
     """L2-normalised vectors, one row per item, in item order, and the tokens each item cost
-    (kept per item, so a cached item reports the usage it cost when it was computed)."""
+    (kept per item, so a cached item reports the usage it cost when it was computed).
+    `usage` is what an upstream billed (None: nothing billable, e.g. a local model)."""
 
     vectors: Vectors
     item_tokens: tuple[int, ...] = ()
+    usage: Usage | None = None
 
     @property
     def tokens(self) -> int:
@@ -122,6 +143,11 @@ class Overloaded(ProviderError):
     def __init__(self, message: str, retry_after: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class UpstreamRefused(ProviderError):
+    """An upstream refused the call for reasons no retry fixes soon: bad credentials (401), no
+    balance or quota (402, 403). The message names the deployment, never the key."""
 
 
 class ModelLoadError(ProviderError):

@@ -64,7 +64,7 @@ def cache_counts(response: httpx.Response) -> tuple[int, int]:
 
 def parts_computed(base: str, model: str = "siglip-tiny") -> float:
     for line in httpx.get(f"{base}/metrics").text.splitlines():
-        if line.startswith(f'gateway_model_parts_total{{model="{model}"}}'):
+        if line.startswith("gateway_model_parts_total{") and f'model="{model}"' in line:
             return float(line.rsplit(" ", 1)[1])
     return 0.0
 

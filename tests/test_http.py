@@ -18,7 +18,7 @@ from tests.servers import gateway_process
 
 def metric(base: str, name: str, model: str) -> float:
     for line in httpx.get(f"{base}/metrics").text.splitlines():
-        if line.startswith(f'{name}{{model="{model}"}}'):
+        if line.startswith(f"{name}{{") and f'model="{model}"' in line:
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"{name} for {model} not in /metrics")
 

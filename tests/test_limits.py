@@ -236,7 +236,7 @@ def test_requests_over_the_concurrency_limit_are_refused_at_once() -> None:
     from gateway.errors import RateLimited
     from gateway.service import EmbeddingService
 
-    service = EmbeddingService(None, None, None, LimitSettings(max_concurrent_requests=2))  # type: ignore[arg-type]
+    service = EmbeddingService(None, None, None, LimitSettings(max_concurrent_requests=2), None)  # type: ignore[arg-type]
     with service.admit(), service.admit():
         with pytest.raises(RateLimited) as refused, service.admit():
             pass
