@@ -227,6 +227,13 @@ class FakeUpstream:
         with self._lock:
             self._script.extend(answers)
 
+    def unscript(self) -> int:
+        """Drop the answers not yet used (a test that scripted more than it consumed); how many."""
+        with self._lock:
+            left = len(self._script)
+            self._script.clear()
+        return left
+
     def close(self) -> None:
         self._closing.set()
         self.server.shutdown()
