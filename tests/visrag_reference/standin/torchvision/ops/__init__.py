@@ -1,0 +1,1 @@
+"""torchvision.ops stand-in: nothing but the `misc` module timm imports from."""
