@@ -151,6 +151,9 @@ class Dispatcher:
             result = await self._try(deployment, batch, attempts)
             if result is None:
                 continue
+            if len(eligible) == len(items):  # the usual case: one deployment took them all, in order
+                item_tokens = list(result.item_tokens) if result.item_tokens else [0] * len(items)
+                return Dispatched(result.vectors.astype(np.float32, copy=False), item_tokens)
             vectors[eligible] = result.vectors
             for position, index in enumerate(eligible):
                 tokens[index] = result.item_tokens[position] if result.item_tokens else 0

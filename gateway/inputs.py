@@ -262,6 +262,12 @@ class InputResolver:
             parts |= await asyncio.to_thread(self._decode_tokens, token_parts)
         else:
             parts |= self._decode_tokens(token_parts)
+        if sources:
+            parts |= await self._load_images(specs, sources)
+        return [ResolvedItem(tuple(parts[id(part)] for part in spec.parts)) for spec in specs]
+
+    async def _load_images(self, specs: list[ItemSpec], sources: dict[str, PartSpec]) -> dict[int, Text | EncodedImage]:
+        """Every distinct image source loaded once, concurrently, under one request budget."""
         budget = self.images.budget()
         try:
             async with asyncio.TaskGroup() as group:  # the first failure cancels the other fetches
@@ -272,11 +278,12 @@ class InputResolver:
         except BaseExceptionGroup as errors:
             raise _first_in_input_order(errors, list(sources.values())) from None
         loaded = {source: task.result() for source, task in tasks.items()}
-        for spec in specs:
-            for part in spec.parts:
-                if part.modality is Modality.IMAGE:
-                    parts[id(part)] = loaded[str(part.value)]
-        return [ResolvedItem(tuple(parts[id(part)] for part in spec.parts)) for spec in specs]
+        return {
+            id(part): loaded[str(part.value)]
+            for spec in specs
+            for part in spec.parts
+            if part.modality is Modality.IMAGE
+        }
 
     def _decode_tokens(self, token_parts: list[PartSpec]) -> dict[int, Text | EncodedImage]:
         decoded: dict[int, Text | EncodedImage] = {}
@@ -295,6 +302,17 @@ class InputResolver:
             raise _first_in_input_order(errors, []) from None
         images: dict[str, Image] = {digest: task.result() for digest, task in tasks.items()}
         return [Item(tuple(p if isinstance(p, Text) else images[p.sha256] for p in item.parts)) for item in items]
+
+
+def texts_only(items: Sequence[ResolvedItem]) -> list[Item] | None:
+    """`items` as model-ready items when none has an image (texts need no decoding), else None."""
+    texts: list[Item] = []
+    for item in items:
+        parts = tuple(part for part in item.parts if isinstance(part, Text))
+        if len(parts) != len(item.parts):
+            return None
+        texts.append(Item(parts))
+    return texts
 
 
 def _first_in_input_order(errors: BaseExceptionGroup[BaseException], parts: list[PartSpec]) -> BaseException:

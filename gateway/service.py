@@ -15,7 +15,7 @@ from gateway.context import RequestContext
 from gateway.dispatch import Dispatcher
 from gateway.errors import RateLimited, from_provider_error
 from gateway.images import EncodedImage
-from gateway.inputs import InputResolver, ItemSpec, ResolvedItem, parse_input
+from gateway.inputs import InputResolver, ItemSpec, ResolvedItem, parse_input, texts_only
 from gateway.router import Router, ServedModel
 from gateway.schema import EmbeddingRequest, parse_request
 from providers.base import EmbedOptions, Item, ProviderError, Vectors
@@ -143,16 +143,14 @@ class EmbeddingService:
         groups = decode_groups(resolved, indices, DECODE_BATCH_IMAGES)
         rows: list[Vectors] = []
         tokens: list[int] = []
-        upcoming: asyncio.Task[list[Item]] | None = asyncio.ensure_future(
-            self.resolver.decode([resolved[i] for i in groups[0]])
-        )
+        upcoming: asyncio.Task[list[Item]] | list[Item] | None = self._decode([resolved[i] for i in groups[0]])
         try:
             for number, group in enumerate(groups):
                 assert upcoming is not None
-                items = await upcoming
+                items = upcoming if isinstance(upcoming, list) else await upcoming
                 upcoming = None
                 if number + 1 < len(groups):
-                    upcoming = asyncio.ensure_future(self.resolver.decode([resolved[i] for i in groups[number + 1]]))
+                    upcoming = self._decode([resolved[i] for i in groups[number + 1]])
                 try:
                     result = await self.dispatcher.embed(model, items, options, context)
                 except ProviderError as exc:  # InputRejected: the client's input, named by its param
@@ -161,7 +159,16 @@ class EmbeddingService:
                 rows.append(truncate(vectors, dimensions) if dimensions else vectors)
                 tokens.extend(result.item_tokens)
         finally:
-            if upcoming is not None:
+            if isinstance(upcoming, asyncio.Task):
                 upcoming.cancel()
                 await asyncio.wait([upcoming])  # its errors are moot; our own cancellation still propagates
-        return np.concatenate(rows).astype(np.float32, copy=False), tokens
+        vectors = rows[0] if len(rows) == 1 else np.concatenate(rows)
+        return vectors.astype(np.float32, copy=False), tokens
+
+    def _decode(self, items: list[ResolvedItem]) -> asyncio.Task[list[Item]] | list[Item]:
+        """The model-ready items: decoded at once when they are all text (no image, nothing to wait
+        for), else by a task started now, so it runs while the previous group is computed."""
+        texts = texts_only(items)
+        if texts is not None:
+            return texts
+        return asyncio.ensure_future(self.resolver.decode(items))

@@ -1,9 +1,8 @@
-"""What every HTTP embeddings API shares: one client, errors translated at the door, retries,
-client-side limits, request splitting and answer checking. `jina`, `voyage` and
+"""What every HTTP embeddings API shares: one connection pool, errors translated at the door,
+retries, client-side limits, request splitting and answer checking. `jina`, `voyage` and
 `openai_compat` each supply only a `Wire` (their body, their usage, their model table).
 
-How an upstream failure ends up (`upstream_errors` is the one place httpx and status codes
-are translated)::
+How an upstream failure ends up (`providers.http_errors` translates httpcore, httpx and statuses)::
 
     timeout, connection error, 500 502 503 504 529   retried, then ProviderError
     429                                              retried, then Overloaded(retry_after)
@@ -12,36 +11,31 @@ are translated)::
     401 402 403                                      UpstreamRefused (the key is never in a message)
     another status, bad JSON, bad vectors            ProviderError
 
-Retries use tenacity rather than stamina: `wait_random_exponential` is AWS's full jitter as it
-stands, and `stop_before_delay` looks at the coming sleep, so a Retry-After that would end past
-the deadline stops the loop before it sleeps (stamina's jitter is additive and its timeout is
-checked after the sleep). Rates use `limits` (moving window, the same library as the gateway's
-per-key rates, with a Redis storage should deployment rates ever be shared by replicas).
+A call that succeeds at once (nearly all of them) costs one POST on the pool
+(`providers.http_transport`): tenacity's machinery only starts after a first failure. Retries use
+tenacity rather than stamina: `wait_random_exponential` is AWS's full jitter as it stands, and the
+stop looks at the coming sleep, so a Retry-After that would end past the deadline stops the loop
+before it sleeps (stamina's jitter is additive and its timeout is checked after the sleep).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import email.utils
 import logging
 import math
 import os
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import httpx
 import msgspec
 import numpy as np
-from limits import RateLimitItemPerMinute
-from limits.aio.storage import MemoryStorage
-from limits.aio.strategies import MovingWindowRateLimiter
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt, stop_before_delay
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
+from tenacity.stop import stop_base
 from tenacity.wait import wait_random_exponential
 
 from providers.base import (
@@ -56,16 +50,48 @@ from providers.base import (
     ProviderError,
     ProviderInfo,
     Text,
-    UpstreamRefused,
     Usage,
     Vectors,
 )
+from providers.http_answers import Answer, apportion, parse_embeddings, read_answer, usage_int
+from providers.http_errors import (
+    UpstreamBusy,
+    UpstreamRejected,
+    UpstreamTransient,
+    retry_after,
+    status_error,
+    upstream_errors,
+    upstream_message,
+)
+from providers.http_limits import CallLimits, plan_batches
+from providers.http_transport import UpstreamPool
+
+__all__ = [
+    "TEXT_AND_IMAGE",
+    "TEXT_ONLY",
+    "Answer",
+    "CallLimits",
+    "HttpOptions",
+    "HttpProvider",
+    "ModelSpec",
+    "Probe",
+    "UpstreamBusy",
+    "UpstreamRejected",
+    "UpstreamTransient",
+    "Wire",
+    "apportion",
+    "info_from_table",
+    "parse_embeddings",
+    "plan_batches",
+    "read_answer",
+    "retry_after",
+    "upstream_errors",
+    "upstream_message",
+    "usage_int",
+]
 
 logger = logging.getLogger(__name__)
 
-RETRIED_STATUSES = frozenset({500, 502, 503, 504, 529})
-REJECTED_STATUSES = frozenset({400, 413, 422})
-REFUSED_STATUSES = frozenset({401, 402, 403})
 OFF_LOOP_BYTES = 1 << 20  # answers bigger than this are decoded on a worker thread
 HEADER_SAFE = re.compile(r"[\x21-\x7e]+")
 TEXT_BYTES_PER_TOKEN = 4  # a typical figure, only to share an upstream's total among items
@@ -170,292 +196,6 @@ class Wire(Protocol):
         ...
 
 
-# --- errors -------------------------------------------------------------------------------
-
-
-class UpstreamTransient(ProviderError):
-    """A failure worth retrying; `retry_after` is the upstream's own hint, if it gave one."""
-
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class UpstreamBusy(UpstreamTransient):
-    """429: the upstream's rate limit."""
-
-
-class UpstreamRejected(ProviderError):
-    """400 / 413 / 422: the upstream refused the body; bisection finds the item."""
-
-    def __init__(self, message: str, status: int, detail: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.detail = detail
-
-
-def upstream_message(response: httpx.Response) -> str:
-    """The upstream's own words, from any of the error bodies in use: `{"detail": str | [{loc, msg}]}`
-    (Jina, Voyage), `{"error": {"message"}}` (OpenAI, vLLM), `{"error": str}` (TEI), `{"message"}`."""
-    try:
-        body = msgspec.json.decode(response.content)
-    except msgspec.DecodeError:
-        body = None
-    message: Any = None
-    if isinstance(body, dict):
-        detail, error = body.get("detail"), body.get("error")
-        if isinstance(detail, list):
-            message = "; ".join(_pydantic_error(e) for e in detail)
-        elif detail is not None:
-            message = detail
-        elif isinstance(error, dict):
-            message = error.get("message")
-        elif error is not None:
-            message = error
-        else:
-            message = body.get("message")
-    if not isinstance(message, str) or not message.strip():
-        message = response.text.strip() or response.reason_phrase or "no message"
-    return _clip(message)
-
-
-def _pydantic_error(entry: Any) -> str:
-    if not isinstance(entry, dict):
-        return str(entry)
-    loc = ".".join(str(p) for p in entry.get("loc", ()) if p != "body")
-    return f"{loc}: {entry.get('msg', '')}" if loc else str(entry.get("msg", entry))
-
-
-def _clip(text: str, limit: int = 500) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def retry_after(headers: httpx.Headers, now: float | None = None) -> float | None:
-    """Seconds the upstream asks us to wait: `retry-after-ms`, then `Retry-After` (seconds or an HTTP date)."""
-    for header, unit in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
-        if (seconds := _seconds(headers.get(header), unit)) is not None:
-            return seconds
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(when.timestamp() - (time.time() if now is None else now), 0.0)
-
-
-def _seconds(value: str | None, unit: float) -> float | None:
-    if value is None:
-        return None
-    try:
-        seconds = float(value) * unit
-    except ValueError:
-        return None
-    return max(seconds, 0.0) if math.isfinite(seconds) else None
-
-
-@contextmanager
-def upstream_errors(name: str, secret: str | None) -> Iterator[None]:
-    """Translate httpx errors and error statuses into the provider error tree, with the deployment's
-    name and without `secret` (an upstream may echo the key it was sent)."""
-
-    def clean(text: str) -> str:
-        return text.replace(secret, "***") if secret else text
-
-    try:
-        yield
-    except (httpx.TimeoutException, TimeoutError) as exc:
-        raise UpstreamTransient(f"{name}: the upstream did not answer in time") from exc
-    except httpx.HTTPStatusError as exc:
-        response = exc.response
-        status, message = response.status_code, clean(upstream_message(response))
-        said = f"{name}: the upstream answered {status}: {message}"
-        if status == 429:
-            raise UpstreamBusy(said, retry_after(response.headers)) from None
-        if status in RETRIED_STATUSES:
-            raise UpstreamTransient(said, retry_after(response.headers)) from None
-        if status in REJECTED_STATUSES:
-            raise UpstreamRejected(said, status, message) from None
-        if status in REFUSED_STATUSES:
-            raise UpstreamRefused(
-                f"{name}: the upstream refused our credentials or quota ({status}): {message}"
-            ) from None
-        raise ProviderError(said) from None
-    except httpx.TransportError as exc:
-        raise UpstreamTransient(f"{name}: cannot reach the upstream: {clean(str(exc)) or type(exc).__name__}") from None
-
-
-# --- answers --------------------------------------------------------------------------------
-
-
-def read_answer(content: bytes, count: int, dimension: int | None, name: str) -> tuple[Any, Vectors]:
-    """The decoded JSON answer and its checked vectors (blocking: big answers go to a thread)."""
-    try:
-        payload = msgspec.json.decode(content)
-    except msgspec.DecodeError as exc:
-        raise ProviderError(f"{name}: the upstream's answer is not JSON: {exc}") from None
-    return payload, parse_embeddings(payload, count, dimension, name)
-
-
-def parse_embeddings(payload: Any, count: int, dimension: int | None, name: str) -> Vectors:
-    """The `data` of an OpenAI-shaped answer as L2-normalised float32 rows in input order (by
-    `index`); anything short of `count` finite, non-zero vectors of `dimension` is a ProviderError."""
-    data = payload.get("data") if isinstance(payload, dict) else None
-    if not isinstance(data, list):
-        raise ProviderError(f"{name}: the upstream's answer has no `data` list")
-    if len(data) != count:
-        raise ProviderError(f"{name}: the upstream returned {len(data)} vectors for {count} inputs")
-    rows: list[Any] = [None] * count
-    for position, entry in enumerate(data):
-        index = entry.get("index", position) if isinstance(entry, dict) else None
-        if type(index) is not int or not 0 <= index < count or rows[index] is not None:
-            raise ProviderError(f"{name}: the upstream's data[{position}] has a missing, bad or repeated index")
-        embedding = entry.get("embedding")
-        if isinstance(embedding, str):  # base64 little-endian float32, should an upstream ignore `float`
-            try:
-                embedding = np.frombuffer(base64.b64decode(embedding, validate=True), dtype="<f4")
-            except ValueError:
-                embedding = None
-        rows[index] = embedding
-    try:
-        matrix = np.array(rows, dtype=np.float64)  # float64 first: a float32 cast of a big value would overflow
-    except (ValueError, TypeError):
-        raise ProviderError(f"{name}: the upstream's embeddings are not lists of numbers of one length") from None
-    if matrix.ndim != 2 or matrix.shape[1] == 0:
-        raise ProviderError(f"{name}: the upstream's embeddings are not lists of numbers")
-    if dimension is not None and matrix.shape[1] != dimension:
-        raise ProviderError(f"{name}: the upstream returned {matrix.shape[1]} dimensions, expected {dimension}")
-    if not np.isfinite(matrix).all():
-        raise ProviderError(f"{name}: the upstream returned NaN or infinite values")
-    peaks = np.abs(matrix).max(axis=1, keepdims=True)
-    if (peaks == 0).any():
-        raise ProviderError(f"{name}: the upstream returned a zero vector")
-    scaled = matrix / peaks  # no square can overflow now
-    normalised: Vectors = (scaled / np.linalg.norm(scaled, axis=1, keepdims=True)).astype(np.float32)
-    return normalised
-
-
-def usage_int(usage: Any, key: str, name: str, *, required: bool = True) -> int:
-    """`usage[key]` as a non-negative int; a missing one is 0 unless `required`."""
-    value = usage.get(key) if isinstance(usage, dict) else None
-    if value is None and not required:
-        return 0
-    if type(value) is not int or value < 0:
-        raise ProviderError(f"{name}: the upstream's answer has no valid `usage.{key}`")
-    return value
-
-
-def apportion(total: int, weights: Sequence[float]) -> tuple[int, ...]:
-    """Split `total` over `weights` in proportion, in whole numbers summing to exactly `total`."""
-    if not weights:
-        return ()
-    weight_sum = sum(weights)
-    shares = [total * w / weight_sum for w in weights] if weight_sum > 0 else [total / len(weights)] * len(weights)
-    floors = [math.floor(s) for s in shares]
-    by_remainder = sorted(range(len(shares)), key=lambda i: floors[i] - shares[i])
-    for i in by_remainder[: total - sum(floors)]:
-        floors[i] += 1
-    return tuple(floors)
-
-
-def plan_batches(
-    costs: Sequence[int], sizes: Sequence[int], *, max_items: int, max_tokens: int | None, max_bytes: int | None
-) -> list[range]:
-    """Consecutive runs of items that fit one call each; an item over a cap alone gets its own call."""
-    batches: list[range] = []
-    start, tokens, size = 0, 0, 0
-    for i, (cost, length) in enumerate(zip(costs, sizes, strict=True)):
-        full = i - start >= max_items
-        full |= max_tokens is not None and tokens + cost > max_tokens
-        full |= max_bytes is not None and size + length + 1 > max_bytes
-        if full and i > start:
-            batches.append(range(start, i))
-            start, tokens, size = i, 0, 0
-        tokens, size = tokens + cost, size + length + 1
-    batches.append(range(start, len(costs)))
-    return batches
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """The outcome of one batch (one or, after bisection, several calls)."""
-
-    vectors: Vectors
-    item_tokens: tuple[int, ...]
-    usage: Usage
-
-    def __add__(self, other: Answer) -> Answer:
-        return Answer(
-            np.concatenate([self.vectors, other.vectors]),
-            self.item_tokens + other.item_tokens,
-            self.usage + other.usage,
-        )
-
-
-# --- limits ---------------------------------------------------------------------------------
-
-
-class CallLimits:
-    """Client-side `requests_per_minute` / `tokens_per_minute` (moving windows) and the cap on calls
-    in flight, with a bounded queue of embeds waiting for their first slot. Every refusal is an
-    immediate `Overloaded`, so the gateway can try the next deployment instead of waiting here."""
-
-    def __init__(self, options: HttpOptions, name: str) -> None:
-        self.name = name
-        self.storage = MemoryStorage()
-        self.window = MovingWindowRateLimiter(self.storage)
-        self.rates = [
-            (RateLimitItemPerMinute(limit), unit)
-            for limit, unit in ((options.requests_per_minute, "requests"), (options.tokens_per_minute, "tokens"))
-            if limit is not None
-        ]
-        self.slots = asyncio.Semaphore(options.max_concurrent_requests)
-        self.max_queued = options.max_queued
-        self.queued = 0
-        self.in_flight = 0
-        self.refused = 0
-
-    async def reserve(self, calls: int, tokens: int) -> None:
-        """Charge `calls` and `tokens` to the windows, or refuse with the time until the window frees.
-        A charge over a whole window is cut to the window, so an oversized embed can still pass alone."""
-        charges = [(item, min(calls if unit == "requests" else tokens, item.amount), unit) for item, unit in self.rates]
-        for item, cost, unit in charges:
-            if not await self.window.test(item, cost=cost):
-                stats = await self.window.get_window_stats(item)
-                self.refused += 1
-                raise Overloaded(
-                    f"{self.name}: the deployment's {unit}_per_minute ({item.amount}) is used up",
-                    retry_after=max(stats.reset_time - time.time(), 0.001),
-                )
-        for item, cost, _ in charges:
-            await self.window.hit(item, cost=cost)
-
-    async def acquire(self, *, admit: bool) -> None:
-        """A call slot. `admit`: the embed's first call, refused when the queue is full; its later calls
-        wait without counting (the embed was admitted), so an embed never refuses itself."""
-        if admit and self.slots.locked() and self.queued >= self.max_queued:
-            self.refused += 1
-            raise Overloaded(f"{self.name}: {self.in_flight} calls in flight and {self.queued} waiting", 1.0)
-        self.queued += admit
-        try:
-            await self.slots.acquire()
-        finally:
-            self.queued -= admit
-        self.in_flight += 1
-
-    def release(self) -> None:
-        self.in_flight -= 1
-        self.slots.release()
-
-    async def close(self) -> None:
-        timer = getattr(self.storage, "timer", None)  # the storage's expiry task, if it has one running
-        if isinstance(timer, asyncio.Task):
-            timer.cancel()
-        await self.storage.reset()
-
-
 # --- the provider -------------------------------------------------------------------------------
 
 
@@ -468,7 +208,7 @@ class HttpProvider:
         self.name = name
         self._key: SecretStr | None = None
         self._info: ProviderInfo | None = None
-        self._client: httpx.AsyncClient | None = None
+        self._pool: UpstreamPool | None = None
         self._limits: CallLimits | None = None
         self.counters = dict.fromkeys(
             ("upstream_calls_total", "upstream_errors_total", "upstream_retries_total", "upstream_rate_limited_total"),
@@ -522,13 +262,19 @@ class HttpProvider:
         return read_answer(response.content, count, None, self.name)[1]
 
     async def start(self) -> None:
-        limits = httpx.Limits(max_connections=self.options.max_concurrent_requests)
-        self._client = httpx.AsyncClient(headers=self._headers(), limits=limits, follow_redirects=False)
-        self._limits = CallLimits(self.options, self.name)
+        options = self.options
+        self._pool = UpstreamPool(self.url, self._headers(), max_connections=options.max_concurrent_requests)
+        self._limits = CallLimits(
+            self.name,
+            requests_per_minute=options.requests_per_minute,
+            tokens_per_minute=options.tokens_per_minute,
+            max_concurrent_requests=options.max_concurrent_requests,
+            max_queued=options.max_queued,
+        )
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
+        if self._pool is not None:
+            await self._pool.aclose()
         if self._limits is not None:
             await self._limits.close()
 
@@ -569,12 +315,15 @@ class HttpProvider:
                     )
 
     def _fragments(self, items: Sequence[Item], options: EmbedOptions) -> tuple[list[Any], list[int]]:
-        """Each item's element of the request body, and its size in the body (JSON bytes)."""
+        """Each item's element of the request body, and its size in the body (JSON bytes; measured
+        only when `max_request_bytes` caps it)."""
         fragments = [self.wire.fragment(item, i, options) for i, item in enumerate(items)]
+        if self.options.max_request_bytes is None:
+            return fragments, [0] * len(fragments)
         return fragments, [len(msgspec.json.encode(f)) for f in fragments]
 
     async def embed(self, items: Sequence[Item], options: EmbedOptions) -> EmbedResult:
-        if self._client is None or self._limits is None:
+        if self._pool is None or self._limits is None:
             raise ProviderError(f"model {self.name!r} is not started")
         self._check(items)
         if not items:
@@ -605,6 +354,9 @@ class HttpProvider:
                 limits.release()
 
         await limits.acquire(admit=True)  # no await between this and `run(held=True)`: the slot cannot leak
+        if len(batches) == 1:  # the common case needs no task group
+            answer = await run(batches[0], held=True)
+            return EmbedResult(answer.vectors, answer.item_tokens, answer.usage)
         try:
             async with asyncio.TaskGroup() as group:  # the first failure cancels the other calls
                 rest = [group.create_task(run(batch, held=False)) for batch in batches[1:]]
@@ -641,8 +393,23 @@ class HttpProvider:
     async def _call(self, body: Mapping[str, Any]) -> bytes:
         """POST `body` and return the answer's bytes, with retries of transient failures, within `retry_deadline_s`."""
         content = msgspec.json.encode(body)
+        deadline = time.monotonic() + self.options.retry_deadline_s
+        try:
+            try:
+                return await self._attempt(content, deadline)
+            except UpstreamTransient as first:
+                return await self._retry(content, deadline, first)
+        except UpstreamTransient as exc:
+            beyond = exc.retry_after is not None and time.monotonic() + exc.retry_after >= deadline
+            if isinstance(exc, UpstreamBusy) or beyond:
+                hint = exc.retry_after if exc.retry_after is not None else self.options.backoff_max_s
+                raise Overloaded(str(exc), retry_after=hint) from None
+            raise ProviderError(str(exc)) from None
+
+    async def _retry(self, content: bytes, deadline: float, first: UpstreamTransient) -> bytes:
+        """The attempts after a failed first one, under tenacity: the first failure is replayed as its
+        attempt 1, so waits, stops and the retry log are what they would be had tenacity made it."""
         options = self.options
-        deadline = time.monotonic() + options.retry_deadline_s
         backoff = wait_random_exponential(multiplier=options.backoff_initial_s, max=options.backoff_max_s)
 
         def wait(state: RetryCallState) -> float:
@@ -653,20 +420,17 @@ class HttpProvider:
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(UpstreamTransient),
             wait=wait,
-            stop=stop_after_attempt(options.max_attempts) | stop_before_delay(options.retry_deadline_s),
+            stop=stop_after_attempt(options.max_attempts) | _StopBeforeDeadline(deadline),
             before_sleep=self._note_retry,
             reraise=True,
         )
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    return await self._attempt(content, deadline)
-        except UpstreamTransient as exc:
-            beyond = exc.retry_after is not None and time.monotonic() + exc.retry_after >= deadline
-            if isinstance(exc, UpstreamBusy) or beyond:
-                hint = exc.retry_after if exc.retry_after is not None else options.backoff_max_s
-                raise Overloaded(str(exc), retry_after=hint) from None
-            raise ProviderError(str(exc)) from None
+        replay: UpstreamTransient | None = first
+        async for attempt in retrying:
+            with attempt:
+                if replay is not None:
+                    error, replay = replay, None
+                    raise error
+                return await self._attempt(content, deadline)
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
     def _note_retry(self, state: RetryCallState) -> None:
@@ -675,21 +439,34 @@ class HttpProvider:
         logger.info("%s; retry %d in %.2f s", error, state.attempt_number, state.upcoming_sleep)
 
     async def _attempt(self, content: bytes, deadline: float) -> bytes:
-        assert self._client is not None
-        remaining = deadline - time.monotonic()
-        budget = max(min(self.options.timeout_s, remaining), 0.001)
-        timeout = httpx.Timeout(budget, connect=min(self.options.connect_timeout_s, budget))
+        assert self._pool is not None
+        options = self.options
+        budget = max(min(options.timeout_s, deadline - time.monotonic()), 0.001)
         self.counters["upstream_calls_total"] += 1
         try:
             with upstream_errors(self.name, self._secret):
                 async with asyncio.timeout(budget):
-                    response = await self._client.post(self.url, content=content, timeout=timeout)
-                response.raise_for_status()
-                return response.content
+                    reply = await self._pool.post(
+                        content, timeout_s=budget, connect_timeout_s=min(options.connect_timeout_s, budget)
+                    )
+            if not 200 <= reply.status < 300:
+                raise status_error(self.name, reply.as_httpx(), self._secret)
         except ProviderError as exc:
             self.counters["upstream_errors_total"] += 1
             self.counters["upstream_rate_limited_total"] += isinstance(exc, UpstreamBusy)
             raise
+        return reply.content
+
+
+class _StopBeforeDeadline(stop_base):
+    """Stop when the coming sleep would end at or past `deadline` (tenacity's `stop_before_delay`,
+    measured from the first attempt rather than from the loop's start)."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return time.monotonic() + (retry_state.upcoming_sleep or 0.0) >= self.deadline
 
 
 def _first_error(errors: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -1,0 +1,101 @@
+"""Upstream answers: the OpenAI-shaped `data` list checked and turned into unit vectors, the usage
+an API reports, and an upstream's token total shared among the items of a call."""
+
+from __future__ import annotations
+
+import base64
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from providers.base import ProviderError, Usage, Vectors
+
+
+def read_answer(content: bytes, count: int, dimension: int | None, name: str) -> tuple[Any, Vectors]:
+    """The decoded JSON answer and its checked vectors (blocking: big answers go to a thread)."""
+    try:
+        payload = msgspec.json.decode(content)
+    except msgspec.DecodeError as exc:
+        raise ProviderError(f"{name}: the upstream's answer is not JSON: {exc}") from None
+    return payload, parse_embeddings(payload, count, dimension, name)
+
+
+def parse_embeddings(payload: Any, count: int, dimension: int | None, name: str) -> Vectors:
+    """The `data` of an OpenAI-shaped answer as L2-normalised float32 rows in input order (by
+    `index`); anything short of `count` finite, non-zero vectors of `dimension` is a ProviderError."""
+    data = payload.get("data") if isinstance(payload, dict) else None
+    if not isinstance(data, list):
+        raise ProviderError(f"{name}: the upstream's answer has no `data` list")
+    if len(data) != count:
+        raise ProviderError(f"{name}: the upstream returned {len(data)} vectors for {count} inputs")
+    rows: list[Any] = [None] * count
+    for position, entry in enumerate(data):
+        index = entry.get("index", position) if isinstance(entry, dict) else None
+        if type(index) is not int or not 0 <= index < count or rows[index] is not None:
+            raise ProviderError(f"{name}: the upstream's data[{position}] has a missing, bad or repeated index")
+        embedding = entry.get("embedding")
+        if isinstance(embedding, str):  # base64 little-endian float32, should an upstream ignore `float`
+            try:
+                embedding = np.frombuffer(base64.b64decode(embedding, validate=True), dtype="<f4")
+            except ValueError:
+                embedding = None
+        rows[index] = embedding
+    try:
+        matrix = np.array(rows, dtype=np.float64)  # float64 first: a float32 cast of a big value would overflow
+    except (ValueError, TypeError):
+        raise ProviderError(f"{name}: the upstream's embeddings are not lists of numbers of one length") from None
+    if matrix.ndim != 2 or matrix.shape[1] == 0:
+        raise ProviderError(f"{name}: the upstream's embeddings are not lists of numbers")
+    if dimension is not None and matrix.shape[1] != dimension:
+        raise ProviderError(f"{name}: the upstream returned {matrix.shape[1]} dimensions, expected {dimension}")
+    if not np.isfinite(matrix).all():
+        raise ProviderError(f"{name}: the upstream returned NaN or infinite values")
+    peaks = np.abs(matrix).max(axis=1, keepdims=True)
+    if (peaks == 0).any():
+        raise ProviderError(f"{name}: the upstream returned a zero vector")
+    scaled = matrix / peaks  # no square can overflow now
+    normalised: Vectors = (scaled / np.linalg.norm(scaled, axis=1, keepdims=True)).astype(np.float32)
+    return normalised
+
+
+def usage_int(usage: Any, key: str, name: str, *, required: bool = True) -> int:
+    """`usage[key]` as a non-negative int; a missing one is 0 unless `required`."""
+    value = usage.get(key) if isinstance(usage, dict) else None
+    if value is None and not required:
+        return 0
+    if type(value) is not int or value < 0:
+        raise ProviderError(f"{name}: the upstream's answer has no valid `usage.{key}`")
+    return value
+
+
+def apportion(total: int, weights: Sequence[float]) -> tuple[int, ...]:
+    """Split `total` over `weights` in proportion, in whole numbers summing to exactly `total`."""
+    if not weights:
+        return ()
+    weight_sum = sum(weights)
+    shares = [total * w / weight_sum for w in weights] if weight_sum > 0 else [total / len(weights)] * len(weights)
+    floors = [math.floor(s) for s in shares]
+    by_remainder = sorted(range(len(shares)), key=lambda i: floors[i] - shares[i])
+    for i in by_remainder[: total - sum(floors)]:
+        floors[i] += 1
+    return tuple(floors)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """The outcome of one batch (one or, after bisection, several calls)."""
+
+    vectors: Vectors
+    item_tokens: tuple[int, ...]
+    usage: Usage
+
+    def __add__(self, other: Answer) -> Answer:
+        return Answer(
+            np.concatenate([self.vectors, other.vectors]),
+            self.item_tokens + other.item_tokens,
+            self.usage + other.usage,
+        )

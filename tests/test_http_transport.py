@@ -1,0 +1,280 @@
+"""The upstream connection pool (`providers/http_transport.py`) on its lean asyncio backend
+(`providers/http_backend.py`): what reaches the server, keep-alive, proxies and certificates from
+the environment, compressed answers, timeouts. Against real servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hashlib
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
+import time
+import zlib
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpcore
+import httpx
+import pytest
+
+from providers import http_backend
+from providers.base import ProviderError
+from providers.http_errors import UpstreamTransient, upstream_errors, upstream_message
+from providers.http_transport import UpstreamPool
+
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+
+
+@dataclass
+class Seen:
+    """One request as it arrived: the request line, headers (names lower-cased) and body."""
+
+    line: str
+    headers: dict[str, str]
+    body: bytes
+
+
+def response(body: bytes = b'{"ok": true}', status: int = 200, headers: dict[str, str] | None = None) -> bytes:
+    fields = {"Content-Type": "application/json", "Content-Length": str(len(body)), **(headers or {})}
+    head = f"HTTP/1.1 {status} X\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields.items()) + "\r\n"
+    return head.encode("latin-1") + body
+
+
+Answer = Callable[[Seen], bytes | None]
+"""A whole response for a request, or None to leave it unanswered."""
+
+
+class Server:
+    """A keep-alive HTTP/1.1 server in the test's own event loop; `close_after_answer` drops each
+    connection right after its response (while the response still says keep-alive)."""
+
+    def __init__(self, answer: Answer, *, close_after_answer: bool = False) -> None:
+        self.answer = answer
+        self.close_after_answer = close_after_answer
+        self.requests: list[Seen] = []
+        self.connections = 0
+        self.port = 0
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+                headers = {
+                    k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in head[1:] if line)
+                }
+                body = await reader.readexactly(int(headers.get("content-length", "0")))
+                seen = Seen(head[0], headers, body)
+                self.requests.append(seen)
+                answer = self.answer(seen)
+                if answer is None:
+                    await asyncio.sleep(3600)
+                    return
+                writer.write(answer)
+                await writer.drain()
+                if self.close_after_answer:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+@asynccontextmanager
+async def serving(answer: Answer, *, tls: ssl.SSLContext | None = None, **options: bool) -> AsyncIterator[Server]:
+    server = Server(answer, **options)
+    listener = await asyncio.start_server(server.serve, "127.0.0.1", 0, ssl=tls)
+    server.port = listener.sockets[0].getsockname()[1]
+    try:
+        yield server
+    finally:
+        listener.close()
+
+
+@asynccontextmanager
+async def pool_for(url: str, headers: dict[str, str] | None = None) -> AsyncIterator[UpstreamPool]:
+    pool = UpstreamPool(url, headers or {}, max_connections=2)
+    try:
+        yield pool
+    finally:
+        await pool.aclose()
+
+
+async def post(pool: UpstreamPool, body: bytes = b'{"input": "x"}', timeout_s: float = 5.0) -> tuple[int, bytes]:
+    reply = await pool.post(body, timeout_s=timeout_s, connect_timeout_s=timeout_s)
+    return reply.status, reply.content
+
+
+@pytest.fixture(autouse=True)
+def no_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever proxies this machine names, the tests set their own."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+
+
+async def test_requests_carry_httpx_headers_and_share_one_connection() -> None:
+    async with serving(lambda seen: response(b"answer " + seen.body)) as server:
+        url = f"http://127.0.0.1:{server.port}/v1/embeddings"
+        async with pool_for(url, {"Authorization": "Bearer sk-1", "Content-Type": "application/json"}) as pool:
+            assert await post(pool, b'{"input": "a"}') == (200, b'answer {"input": "a"}')
+            assert await post(pool, b'{"input": "bb"}') == (200, b'answer {"input": "bb"}')
+    assert server.connections == 1
+    first = server.requests[0]
+    assert first.line == "POST /v1/embeddings HTTP/1.1"
+    assert first.headers["host"] == f"127.0.0.1:{server.port}"
+    assert first.headers["content-length"] == "14"
+    assert first.headers["authorization"] == "Bearer sk-1"
+    assert first.headers["content-type"] == "application/json"
+    assert first.headers["accept-encoding"] == "gzip, deflate"
+    assert first.headers["user-agent"] == f"python-httpx/{httpx.__version__}"
+
+
+async def test_a_connection_the_server_dropped_while_idle_is_replaced() -> None:
+    async with (
+        serving(lambda seen: response(), close_after_answer=True) as server,
+        pool_for(f"http://127.0.0.1:{server.port}/e") as pool,
+    ):
+        for _ in range(3):  # no pause: the next request may find the close not yet read by the loop
+            assert (await post(pool))[0] == 200
+    assert server.connections == 3
+
+
+async def test_a_close_the_loop_has_not_read_yet_is_found_on_a_long_idle_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """httpcore asks `is_readable` before reusing a connection: a FIN still in the kernel counts,
+    but only past `POLL_AFTER_IDLE_S` (before that the loop's own view is trusted, no syscall)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    thread = threading.Thread(target=lambda: accepted.append(listener.accept()[0]))
+    thread.start()
+    stream = await http_backend.StreamBackend().connect_tcp("127.0.0.1", listener.getsockname()[1], timeout=5)
+    thread.join(5)
+    try:
+        assert stream.get_extra_info("is_readable") is False
+        accepted[0].close()  # the server hangs up
+        time.sleep(0.05)  # noqa: ASYNC251 (on purpose: the FIN must reach the kernel, not the event loop)
+        assert stream.get_extra_info("is_readable") is False  # idle for less than the threshold
+        monkeypatch.setattr(http_backend, "POLL_AFTER_IDLE_S", 0.0)
+        assert stream.get_extra_info("is_readable") is True
+    finally:
+        await stream.aclose()
+        listener.close()
+
+
+async def test_a_large_body_arrives_whole() -> None:
+    body = bytes(range(256)) * 12_000  # 3 MB: past the backend's flush size, through flow control
+
+    def digest(seen: Seen) -> bytes:
+        return response(hashlib.sha256(seen.body).hexdigest().encode())
+
+    async with serving(digest) as server, pool_for(f"http://127.0.0.1:{server.port}/e") as pool:
+        assert await post(pool, body) == (200, hashlib.sha256(body).hexdigest().encode())
+        assert await post(pool, b"small") == (200, hashlib.sha256(b"small").hexdigest().encode())
+
+
+@pytest.mark.parametrize(
+    ("encoding", "compress"),
+    [("gzip", gzip.compress), ("deflate", zlib.compress), ("deflate", lambda data: zlib.compress(data)[2:-4])],
+    ids=["gzip", "zlib-deflate", "raw-deflate"],
+)
+async def test_compressed_answers_are_decompressed(encoding: str, compress: Callable[[bytes], bytes]) -> None:
+    payload = b'{"data": []}' * 100
+    answer = response(compress(payload), headers={"Content-Encoding": encoding})
+    async with serving(lambda seen: answer) as server, pool_for(f"http://127.0.0.1:{server.port}/e") as pool:
+        assert await post(pool) == (200, payload)
+
+
+async def test_an_answer_that_does_not_decompress_is_a_provider_error() -> None:
+    answer = response(b"not gzip at all", headers={"Content-Encoding": "gzip"})
+    async with serving(lambda seen: answer) as server, pool_for(f"http://127.0.0.1:{server.port}/e") as pool:
+        with (
+            pytest.raises(ProviderError, match="dep: the upstream's answer does not decompress") as raised,
+            upstream_errors("dep", None),
+        ):
+            await post(pool)
+    assert type(raised.value) is ProviderError  # not retried
+
+
+async def test_an_error_answer_keeps_the_upstreams_own_words() -> None:
+    def refuse(seen: Seen) -> bytes:
+        return response(b"", status=503).replace(b"503 X", b"503 Warming Up")
+
+    async with serving(refuse) as server, pool_for(f"http://127.0.0.1:{server.port}/e") as pool:
+        reply = await pool.post(b"{}", timeout_s=5, connect_timeout_s=5)
+    answer = reply.as_httpx()
+    assert (answer.status_code, answer.reason_phrase) == (503, "Warming Up")
+    assert upstream_message(answer) == "Warming Up"
+
+
+async def test_a_silent_upstream_times_out_as_a_transient_failure() -> None:
+    async with serving(lambda seen: None) as server, pool_for(f"http://127.0.0.1:{server.port}/e") as pool:
+        with pytest.raises(httpcore.ReadTimeout):
+            await post(pool, timeout_s=0.2)
+        with pytest.raises(UpstreamTransient, match="did not answer in time"), upstream_errors("dep", None):
+            await post(pool, timeout_s=0.2)
+
+
+async def test_credentials_in_the_url_become_basic_auth() -> None:
+    async with (
+        serving(lambda seen: response()) as server,
+        pool_for(f"http://user:pa%3Ass@127.0.0.1:{server.port}/e", {"Authorization": "Bearer x"}) as pool,
+    ):
+        await post(pool)
+    assert server.requests[0].headers["authorization"] == "Basic dXNlcjpwYTpzcw=="  # user:pa:ss
+
+
+async def test_the_environment_proxy_is_used_unless_no_proxy_names_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with serving(lambda seen: response(b"via proxy")) as proxy, serving(lambda seen: response()) as origin:
+        monkeypatch.setenv("HTTP_PROXY", f"http://agent:secret@127.0.0.1:{proxy.port}")
+        async with pool_for("http://upstream.test:8080/v1/embeddings") as pool:
+            assert await post(pool) == (200, b"via proxy")
+        seen = proxy.requests[0]
+        assert seen.line == "POST http://upstream.test:8080/v1/embeddings HTTP/1.1"
+        assert seen.headers["proxy-authorization"] == "Basic YWdlbnQ6c2VjcmV0"  # agent:secret
+        monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
+        async with pool_for(f"http://127.0.0.1:{origin.port}/v1/embeddings") as pool:
+            assert (await post(pool))[0] == 200
+    assert origin.requests[0].line == "POST /v1/embeddings HTTP/1.1"
+    assert len(proxy.requests) == 1
+
+
+def _certificates(directory: Path) -> ssl.SSLContext:
+    """A throwaway CA (`ca.pem`) and a server context whose certificate is for 127.0.0.1."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True, timeout=30)
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=test CA")
+    openssl("req", *ec, "-keyout", "leaf.key", "-out", "leaf.csr", "-subj", "/CN=127.0.0.1")
+    (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    signing = ["-CA", "ca.pem", "-CAkey", "ca.key", "-days", "2", "-extfile", "san.ext"]
+    openssl("x509", "-req", "-in", "leaf.csr", *signing, "-out", "leaf.pem")
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(directory / "leaf.pem", directory / "leaf.key")
+    return server
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make certificates")
+async def test_https_trusts_ssl_cert_file_and_refuses_an_unknown_ca(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tls = _certificates(tmp_path)
+    async with serving(lambda seen: response(b"secure"), tls=tls) as server:
+        url = f"https://127.0.0.1:{server.port}/v1/embeddings"
+        async with pool_for(url) as pool:  # certifi's roots do not know our CA
+            with pytest.raises(UpstreamTransient, match="cannot reach the upstream"), upstream_errors("dep", None):
+                await post(pool)
+        monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
+        async with pool_for(url) as pool:
+            assert await post(pool) == (200, b"secure")
+            assert await post(pool) == (200, b"secure")
+    assert server.requests[-1].line == "POST /v1/embeddings HTTP/1.1"
