@@ -22,7 +22,7 @@ alternating by round; one gateway process serves the whole run, idle while the r
   prompt, tokenisation) + collate + forward + pooling, in batches (pages 1 and 2: the engine's CPU
   page batch is 2; queries 16: its text batch). Pages come in decoded; queries carry the instruction.
 * ``gateway``: ``python -m gateway serve`` as a subprocess (engine defaults), driven by httpx
-  clients on pre-built bodies: pages as 1240x1754 PNG data URIs (~220 KB), one per request, 2
+  clients on pre-built bodies: pages as 1240x1754 PNG data URIs (120-230 KB), one per request, 2
   concurrent clients (the engine's CPU page batch); queries one per request with
   ``input_type: query``, 32 concurrent clients (two text batches); ``encoding_format: base64``.
   items/s = items answered / (last answer - first send): a measurement starts and ends with an
@@ -382,6 +382,7 @@ async def least_disturbed(label: str, plan: Plan, make: Callable[[], Runner]) ->
         # CPU seconds per item of this process and its children (the gateway, or the raw model with an
         # idle gateway beside it): unlike items/s, barely moved by other processes taking cores.
         result["cpu_s_per_item"] = result["own_cpu_s"] / result["items"]
+        result["bench_process_cpu_s_per_item"] = result["bench_process_cpu_s"] / result["items"]
         extra = "".join(
             f", {key.replace('_', ' ')} {result[key]:.2f}" for key in ("mean_batch", "forward_busy") if key in result
         )
@@ -505,6 +506,7 @@ def summarise(runs: dict[str, dict[str, list[Result]]], profiles: dict[str, Resu
             }
             names = (
                 "cpu_s_per_item",
+                "bench_process_cpu_s_per_item",
                 "latency_p50_s",
                 "latency_p95_s",
                 "mean_batch",
@@ -552,6 +554,8 @@ def summarise(runs: dict[str, dict[str, list[Result]]], profiles: dict[str, Resu
             "gateway_vs_raw_of_medians": raw_s / gateway_s,
             "cpu_raw_over_gateway": median(paired_cpu),
             "cpu_raw_over_gateway_by_round": paired_cpu,
+            "gateway_cpu_s_per_item": best_gateway["cpu_s_per_item"],
+            "load_client_cpu_s_per_item": best_gateway["bench_process_cpu_s_per_item"],
             "raw_s_per_item": raw_s,
             "gateway_s_per_item": gateway_s,
             "gateway_overhead_s_per_item": overhead_s,
@@ -599,16 +603,17 @@ def print_report(report: Result, out: Path) -> None:
     for workload, values in report["summary"].items():
         full = values["full_depth_estimate"]
         print(
-            f"{workload}: gateway {values['gateway_items_per_s']:.3f}/s vs raw {values['raw_items_per_s']:.3f}/s "
-            f"= {values['gateway_vs_raw']:.3f} x raw (median of rounds "
-            f"{', '.join(f'{v:.3f}' for v in values['gateway_vs_raw_by_round'])}); "
-            f"{values['raw_s_per_item']:.3f} s/item raw, "
-            f"{values['gateway_s_per_item']:.3f} s/item gateway "
-            f"(+{values['gateway_overhead_s_per_item'] * 1000:.0f} ms)"
+            f"{workload}: gateway / raw {values['gateway_vs_raw']:.3f} (median of the rounds' pairs "
+            f"{', '.join(f'{v:.3f}' for v in values['gateway_vs_raw_by_round'])}; about "
+            f"{values['gateway_overhead_s_per_item'] * 1000:+.0f} ms per item); medians over rounds: gateway "
+            f"{values['gateway_items_per_s']:.3f}/s ({values['gateway_s_per_item']:.3f} s/item), raw "
+            f"{values['raw_items_per_s']:.3f}/s ({values['raw_s_per_item']:.3f} s/item, {values['raw_config']})"
         )
         print(
             f"  CPU seconds per item, raw / gateway: {values['cpu_raw_over_gateway']:.3f} (median of rounds "
-            f"{', '.join(f'{v:.3f}' for v in values['cpu_raw_over_gateway_by_round'])})"
+            f"{', '.join(f'{v:.3f}' for v in values['cpu_raw_over_gateway_by_round'])}); of the gateway side's "
+            f"{values['gateway_cpu_s_per_item'] * 1000:.0f} ms, the load client took "
+            f"{values['load_client_cpu_s_per_item'] * 1000:.1f} ms"
         )
         print(
             f"  full depth (extrapolated): raw {full['raw_s_per_item']:.2f} s/item, "
@@ -736,6 +741,11 @@ def run(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     print_report(report, out)
+    return verdict(plan, measurements, rows, summary)
+
+
+def verdict(plan: Plan, measurements: Measurements, rows: Sequence[Result], summary: Result) -> int:
+    """Print what failed (and which measurements other processes disturbed); the exit status."""
     failures = []
     pages = summary.get("pages")
     if pages is not None and pages["gateway_vs_raw"] < plan.target:
@@ -781,7 +791,7 @@ def main(argv: list[str] | None = None) -> int:
         "--max-foreign-load",
         type=float,
         default=0.3,
-        help="measure again when other processes used more than this many cores meanwhile",
+        help="a measurement during which other processes used more cores is disturbed (waited for, flagged, retried)",
     )
     parser.add_argument(
         "--quiet-wait",

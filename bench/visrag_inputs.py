@@ -1,9 +1,9 @@
 """What the VisRAG-Ret benchmark sends: A4 page screenshots and short search queries, all distinct.
 
 A page is what a document-retrieval index ingests: a 1240x1754 RGB PNG (A4 at 150 dpi) with a
-title, lines of antialiased text, a bar chart now and then and a page number, about 220 KB, so
-the gateway decodes, hashes and slices as much as it would for a real screenshot (a flat synthetic
-page compresses to 15 KB and would flatter the server). VisRAG-Ret's slicing cuts it into a 2x4
+title, lines of antialiased text, a bar chart now and then and a page number, 120-230 KB (180 on
+average), so the gateway decodes, hashes and slices as much as it would for a real screenshot (a
+flat synthetic page compresses to 15 KB and would flatter the server). VisRAG-Ret's slicing cuts it into a 2x4
 grid of 532x378 slices plus a 378x532 overview: 9 tower passes of 1026 patches, ~600 tokens.
 
 Every page and query is new (its number is part of the content), so the gateway's vector cache

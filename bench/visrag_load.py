@@ -65,6 +65,7 @@ class CpuMeter:
         default_factory=lambda: (time.monotonic(), machine_busy_s(), tree_cpu_s(os.getpid()))
     )
     load_before: float = field(default_factory=load_average)
+    own_process: float = field(default_factory=time.process_time)
 
     def read(self) -> dict[str, float]:
         now, busy, ours = time.monotonic(), machine_busy_s(), tree_cpu_s(os.getpid())
@@ -74,6 +75,7 @@ class CpuMeter:
             "foreign_cores": foreign,
             "own_cores": (ours - self.start[2]) / wall,
             "own_cpu_s": ours - self.start[2],
+            "bench_process_cpu_s": time.process_time() - self.own_process,  # the raw model, or the load client
             "load_before": self.load_before,
             "load_after": load_average(),
         }

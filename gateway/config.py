@@ -70,7 +70,10 @@ class DeploymentSettings(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    provider: str = Field(description="Provider kind: `siglip`, `visrag`, `jina`, `voyage`, `openai_compatible`.")
+    provider: str = Field(
+        description="Provider kind: `siglip`, `visrag`, `text_encoder`, `jina_clip`, `e5v`, `qwen2_vl` (local); "
+        "`jina`, `voyage`, `openai_compatible` (APIs)."
+    )
     name: str = Field(
         default="",
         description="Unique name in logs, metrics, budgets and errors. Default: the model's name for its only "

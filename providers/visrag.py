@@ -11,30 +11,27 @@ batched right-padded, texts and pictured items in separate queues (a page is ten
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from providers.base import (
     EmbedOptions,
-    EmbedResult,
     Image,
     InputRejected,
     InputType,
     Item,
     Modality,
     ModelLoadError,
-    ProviderError,
-    ProviderInfo,
     Text,
     Vectors,
 )
-from providers.batching import BatchingEngine, Features, Prepared
+from providers.batching import Collate, Features, Prepared
 from providers.fingerprint import checkpoint_identity
+from providers.local import LocalOptions, LocalProvider, first_line
 from providers.torch_device import resolve_device, resolve_dtype
 from providers.visrag_model import VisragConfig, VisragRet
 from providers.visrag_prompt import PromptBuilder, VisragInput, collate
@@ -46,15 +43,10 @@ ACCELERATOR_IMAGE_BATCH = 8
 CHECKPOINT_FILES = ["*.json", "*.safetensors", "*.model"]
 
 
-class VisragOptions(BaseModel):
+class VisragOptions(LocalOptions):
     """Settings of one VisRAG-Ret deployment."""
 
-    model_config = ConfigDict(extra="forbid")
-
     model: str = Field(default="openbmb/VisRAG-Ret", description="Hub id or local directory of the checkpoint.")
-    revision: str | None = Field(default=None, description="Hub branch, tag or commit.")
-    device: str = Field(default="auto", description="`auto`, `cpu`, `cuda`, `cuda:1`, ...")
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     query_instruction: str = Field(
         default=INSTRUCTION, description="Prepended to the text of `input_type: query` inputs (the model card's)."
     )
@@ -70,14 +62,11 @@ class VisragOptions(BaseModel):
         description=f"Inputs with a picture per forward pass. Default: {CPU_IMAGE_BATCH} on CPU, "
         f"{ACCELERATOR_IMAGE_BATCH} (at most `max_batch_size`) on an accelerator.",
     )
-    max_wait_ms: float = Field(default=5.0, ge=0, description="How long an input may wait for batch-mates.")
     max_queue: int = Field(
         default=256,
         ge=1,
         description="Inputs queued before requests are refused (429); a queued page holds up to 6 MB of pixels.",
     )
-    preprocess_threads: int = Field(default=2, ge=1)
-    modalities: list[Modality] = Field(default=[Modality.TEXT, Modality.IMAGE], min_length=1)
 
 
 def checkpoint_directory(source: str, revision: str | None) -> tuple[Path, str | None]:
@@ -124,7 +113,7 @@ class VisragEncoder:
             model = VisragRet.from_state_dict(config, read_tensors(directory), self.dtype)
             self.prompts = PromptBuilder(config, tokenizer, options.max_length)
         except Exception as exc:  # hub errors, missing files, unknown towers, tensors that do not fit
-            raise ModelLoadError(_first_line(exc)) from exc
+            raise ModelLoadError(first_line(exc)) from exc
         self.model = model.to(self.device)
         self.identity = checkpoint_identity(options.model, options.revision, commit)
         # A probe pass proves the checkpoint runs (finite numbers) and tells the dimension.
@@ -156,99 +145,30 @@ def unit_of(item: Item, index: int, instruction: str | None) -> VisragInput:
     return VisragInput((instruction or "") + text, images[0][1] if images else None)
 
 
-class VisragProvider:
-    """A VisRAG-Ret deployment behind the shared batching engine."""
+class VisragProvider(LocalProvider[VisragOptions, VisragEncoder, VisragInput]):
+    """A VisRAG-Ret deployment behind the shared batching engine: one unit per item."""
+
+    family = "visrag"
+    options_type = VisragOptions
+    cpu_image_batch = CPU_IMAGE_BATCH
+    accelerator_image_batch = ACCELERATOR_IMAGE_BATCH
 
     def __init__(self, options: VisragOptions, *, name: str = "visrag") -> None:
-        self.options = options
-        self.name = name
-        self._encoder: VisragEncoder | None = None
-        self._info: ProviderInfo | None = None
-        self._engine: BatchingEngine[VisragInput] | None = None
+        super().__init__(options, name=name)
 
-    @classmethod
-    def from_options(cls, options: dict[str, Any], *, name: str) -> VisragProvider:
-        return cls(VisragOptions.model_validate(options), name=name)
+    def build_encoder(self) -> VisragEncoder:
+        return VisragEncoder(self.options)
 
-    @property
-    def encoder(self) -> VisragEncoder:
-        if self._encoder is None:
-            raise ProviderError(f"model {self.name!r} is not loaded")
-        return self._encoder
-
-    @property
-    def engine(self) -> BatchingEngine[VisragInput]:
-        if self._engine is None:
-            raise ProviderError(f"model {self.name!r} is not started")
-        return self._engine
-
-    @property
-    def info(self) -> ProviderInfo:
-        if self._info is None:
-            raise ProviderError(f"model {self.name!r} is not loaded")
-        return self._info
-
-    def load(self) -> None:
-        if self._encoder is not None:
-            return
-        encoder = self._encoder = VisragEncoder(self.options)
+    def space_details(self) -> str:
         instruction = hashlib.sha256(self.options.query_instruction.encode()).hexdigest()[:16]
-        self._info = ProviderInfo(  # read on every request: built once
-            modalities=frozenset(self.options.modalities),
-            dimension=encoder.dimension,
-            max_batch_size=self.options.max_batch_size,
-            space=f"visrag|{encoder.identity}|{encoder.dtype}|max_length={self.options.max_length}"
-            f"|query_instruction={instruction}",
-            fuses_parts=True,
-        )
+        return f"max_length={self.options.max_length}|query_instruction={instruction}"
 
-    @property
-    def batch_sizes(self) -> dict[Modality, int]:
-        """Text inputs and pictured inputs per forward pass."""
-        text = self.options.max_batch_size
-        image = self.options.image_max_batch_size
-        if image is None:
-            image = CPU_IMAGE_BATCH if self.encoder.device.type == "cpu" else ACCELERATOR_IMAGE_BATCH
-            image = min(image, text)
-        return {Modality.TEXT: text, Modality.IMAGE: image}
-
-    async def start(self) -> None:
-        self._engine = BatchingEngine(
-            self.encoder,
-            name=self.name,
-            max_batch_size=self.batch_sizes,
-            max_wait_s=self.options.max_wait_ms / 1000,
-            max_queue=self.options.max_queue,
-            preprocess_threads=self.options.preprocess_threads,
-            collate=collate,
-        )
-        await self._engine.start()
-
-    async def close(self) -> None:
-        if self._engine is not None:
-            await self._engine.close()
-
-    def stats(self) -> Mapping[str, float]:
-        engine = self._engine
-        if engine is None:
-            return {}
-        return {
-            "parts_total": engine.parts_run,
-            "batches_total": engine.batches_run,
-            "forward_seconds_total": engine.forward_seconds,
-            "queued": engine.queued,
-        }
-
-    async def embed(self, items: Sequence[Item], options: EmbedOptions) -> EmbedResult:
+    def units(self, items: Sequence[Item], options: EmbedOptions) -> list[VisragInput]:
         instruction = self.options.query_instruction if options.input_type is InputType.QUERY else None
-        units = [unit_of(item, index, instruction) for index, item in enumerate(items)]
-        vectors, tokens = await self.engine.encode(units)
-        return EmbedResult(vectors, tuple(tokens))
+        return [unit_of(item, index, instruction) for index, item in enumerate(items)]
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
+    def collate(self) -> Collate:
+        return collate
 
 
 __all__ = ["INSTRUCTION", "VisragEncoder", "VisragOptions", "VisragProvider", "checkpoint_directory", "unit_of"]
