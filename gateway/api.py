@@ -84,7 +84,7 @@ def _model_card(model: Any, created: int) -> dict[str, Any]:
         "owned_by": "embeddings-gateway",
         "modalities": sorted(m.value for m in model.modalities),
         "dimensions": model.dimension,
-        "matryoshka_dimensions": model.settings.matryoshka_dimensions,
+        "matryoshka_dimensions": model.matryoshka_dimensions,
     }
 
 

@@ -41,6 +41,15 @@ class ServedModel:
     def modalities(self) -> frozenset[Modality]:
         return frozenset().union(*(d.provider.info.modalities for d in self.deployments))
 
+    @property
+    def matryoshka_dimensions(self) -> list[int] | None:
+        """Sizes `dimensions` may ask for: the model's config, else what its first deployment was trained to."""
+        configured = self.settings.matryoshka_dimensions
+        if configured is not None:
+            return configured
+        trained = self.deployments[0].provider.info.matryoshka_dimensions
+        return list(trained) if trained else None
+
     def settle_space(self) -> None:
         """After loading: every deployment has the same dimension, and either reports the same space or
         the model declares one (which the canary then checks). Otherwise `SpaceMismatch`."""
@@ -92,7 +101,7 @@ class ServedModel:
         native = self.dimension
         if dimensions is None or dimensions == native:
             return None
-        allowed = self.settings.matryoshka_dimensions
+        allowed = self.matryoshka_dimensions
         if not allowed:
             raise InvalidRequest(
                 f"model '{self.name}' has {native} dimensions and is not Matryoshka-trained; "

@@ -131,6 +131,8 @@ class ProviderInfo:
     """Everything that decides the vectors (family, weights identity, precision, preprocessing).
     Two deployments with equal `space` produce interchangeable vectors; caches key on it."""
     fuses_parts: bool = field(default=False)
+    matryoshka_dimensions: tuple[int, ...] = field(default=())
+    """Smaller sizes the weights were trained to truncate to (a model's config may override)."""
 
 
 class ProviderError(Exception):
