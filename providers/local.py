@@ -117,6 +117,10 @@ class LocalProvider(ABC, Generic[OptionsT, EncoderT, UnitT]):
         """How prepared units become one batch (default: concatenate equal-shaped tensors)."""
         return collate
 
+    def matryoshka_dimensions(self) -> tuple[int, ...]:
+        """Smaller sizes the loaded weights were trained to truncate to (default: none declared)."""
+        return ()
+
     # --- shared lifecycle -------------------------------------------------------------------
 
     @property
@@ -148,6 +152,7 @@ class LocalProvider(ABC, Generic[OptionsT, EncoderT, UnitT]):
             max_batch_size=self.options.max_batch_size,
             space=f"{self.family}|{encoder.identity}|{encoder.dtype}" + (f"|{details}" if details else ""),
             fuses_parts=self.fuses_parts,
+            matryoshka_dimensions=self.matryoshka_dimensions(),
         )
 
     @property
