@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gateway.content import image_digest, text_digest
 from gateway.images import EncodedImage
 from gateway.inputs import ResolvedItem
 from gateway.stores import VectorStore
@@ -52,12 +53,10 @@ def item_key(prefix: str, space: str, options: EmbedOptions, dimensions: int | N
         digest.update(b"\x00")
     for part in item.parts:
         if isinstance(part, Text):
-            digest.update(b"t")
-            digest.update(hashlib.sha256(part.text.encode()).digest())
+            digest.update(text_digest(part.text))
         else:
             assert isinstance(part, EncodedImage)
-            digest.update(b"i")
-            digest.update(bytes.fromhex(part.sha256))
+            digest.update(image_digest(part.sha256))
     return prefix + digest.hexdigest()
 
 

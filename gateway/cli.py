@@ -1,4 +1,5 @@
-"""`python -m gateway serve`: load the models (failing with one clear line), then serve."""
+"""`python -m gateway serve`: load the models (failing with one clear line), then serve.
+`python -m gateway embed`: embed folders and files in bulk (`gateway.bulk_cli`)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
+from gateway.bulk_cli import add_arguments as add_embed_arguments
 from gateway.config import Settings, load_settings
 from gateway.logs import configure_logging
 from gateway.server import deadline_protocol
@@ -40,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=None, help="port to listen on (default 8000)")
     hash_key = commands.add_parser("hash-key", help="print the sha256 of a client key, for `auth.keys[].key_sha256`")
     hash_key.add_argument("key", nargs="?", default=None, help="the key (default: read one line from stdin)")
+    embed = commands.add_parser("embed", help="embed folders, JSONL, CSV or Parquet into a Parquet or JSONL file")
+    add_embed_arguments(embed)
     return parser
 
 
@@ -220,6 +224,10 @@ def main(argv: list[str] | None = None) -> int:
         key = args.key if args.key is not None else sys.stdin.readline().strip()
         print(hash_key(key))
         return 0
+    if args.command == "embed":
+        from gateway.bulk_cli import run_embed
+
+        return run_embed(args)
     config = args.config or (Path(os.environ["GATEWAY_CONFIG"]) if os.environ.get("GATEWAY_CONFIG") else None)
     overrides = {k: v for k, v in {"host": args.host, "port": args.port}.items() if v is not None}
     try:
