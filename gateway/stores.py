@@ -1,8 +1,10 @@
 """Where cached vectors live: one small interface, three implementations.
 
 - `MemoryStore`: bounded in-process LRU (by bytes); the embedded default, and the L1.
-- `RedisStore`: redis-py asyncio (or its cluster client): one MGET per lookup, pipelined SETs.
-  Every Redis failure is swallowed here: a lookup becomes all-miss, a store is skipped, a
+- `RedisStore`: redis-py asyncio (or its cluster client): one MGET per lookup; one SET for one
+  entry, one Lua script doing every SET for several (a pipeline of 32 SETs cost ~0.9 ms of CPU
+  in redis-py, the script ~0.3 ms), a pipeline on a cluster (the keys span hash slots, which
+  one script may not). Every Redis failure is swallowed here: a lookup becomes all-miss, a store is skipped, a
   warning is logged and counted, and Redis is left alone for `retry_after_s` before the
   next try, so a dead or slow Redis costs at most one timeout per window.
 - `TieredStore`: memory in front of Redis; Redis hits are copied into memory.
@@ -25,6 +27,21 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 logger = logging.getLogger(__name__)
+
+SET_MANY = """
+local ttl = tonumber(ARGV[1])
+for i, key in ipairs(KEYS) do
+  if ttl > 0 then
+    redis.call('SET', key, ARGV[i + 1], 'EX', ttl)
+  else
+    redis.call('SET', key, ARGV[i + 1])
+  end
+end
+return #KEYS
+"""
+"""KEYS: the entries' keys; ARGV: the TTL in seconds (0: none), then the values in key order."""
+SCRIPT_MAX_KEYS = 512
+"""Entries per script call: a script holds Redis to itself while it runs, so a huge batch is cut up."""
 
 
 class VectorStore(abc.ABC):
@@ -114,6 +131,8 @@ class RedisStore(VectorStore):
         else:
             self._client = Redis.from_url(url, **options, health_check_interval=30)
         self._cluster = cluster
+        # redis-py loads the script again if Redis answers NOSCRIPT (restarted, or SCRIPT FLUSH).
+        self._set_many = self._client.register_script(SET_MANY)
         self.ttl_s = ttl_s
         self.retry_after_s = retry_after_s
         self._down_until = 0.0
@@ -151,12 +170,29 @@ class RedisStore(VectorStore):
         if not entries or not self.available:
             return
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for key, value in entries.items():
-                    pipe.set(key, value, ex=self.ttl_s)
-                await pipe.execute()
+            if len(entries) == 1:
+                [(key, value)] = entries.items()
+                await self._client.set(key, value, ex=self.ttl_s)
+            elif self._cluster:
+                await self._pipelined(entries)
+            else:
+                await self._scripted(entries)
         except (redis_errors.RedisError, OSError) as exc:
             self._failed("SET", exc)
+
+    async def _scripted(self, entries: Mapping[str, bytes]) -> None:
+        """Every SET in one script call (per `SCRIPT_MAX_KEYS`): one command to encode and parse."""
+        keys, values = list(entries), list(entries.values())
+        for start in range(0, len(keys), SCRIPT_MAX_KEYS):
+            end = start + SCRIPT_MAX_KEYS
+            await self._set_many(keys=keys[start:end], args=[self.ttl_s or 0, *values[start:end]])
+
+    async def _pipelined(self, entries: Mapping[str, bytes]) -> None:
+        """One SET per entry in a pipeline, which the cluster client splits by node."""
+        async with self._client.pipeline(transaction=False) as pipe:
+            for key, value in entries.items():
+                pipe.set(key, value, ex=self.ttl_s)
+            await pipe.execute()
 
     async def aclose(self) -> None:
         await self._client.aclose()

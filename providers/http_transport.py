@@ -1,12 +1,16 @@
-"""One keep-alive connection pool per upstream, on httpcore (httpx's own transport layer) directly.
+"""One keep-alive connection pool per upstream: `UpstreamPool` sends on aiohttp (`providers.http_aiohttp`),
+or on httpcore (httpx's own transport layer) when the environment names an HTTPS or SOCKS proxy, which
+aiohttp does not speak.
 
 A call through `httpx.AsyncClient` costs ~0.8 ms of CPU on top of the bytes it moves (URL merging,
 cookies, auth and redirect machinery, events, response decoders); the same POST on the httpcore pool
-under it costs ~0.5 ms, and ~0.4 ms on `providers.http_backend`'s lean asyncio streams (see
-`bench/bench_upstream.py`). What the client did for us is kept: proxies from the environment
-(`HTTP(S)_PROXY`, `ALL_PROXY`, `NO_PROXY`, as urllib reads them), certificates from `SSL_CERT_FILE`
-/ `SSL_CERT_DIR` (else certifi), credentials in the URL as Basic auth, gzip and deflate answers, its
-User-Agent, and no redirects followed. Errors stay httpcore's: `providers.http_errors` translates them.
+under it costs ~0.5 ms, ~0.2 ms on `providers.http_backend`'s lean asyncio streams, and ~0.07 ms on
+aiohttp (its parser is C; see `bench/bench_upstream.py`). What the httpx client did for us is kept by
+both pools: proxies from the environment (`HTTP(S)_PROXY`, `ALL_PROXY`, `NO_PROXY`, as urllib reads
+them, resolved once per pool), certificates from `SSL_CERT_FILE` / `SSL_CERT_DIR` (else certifi),
+credentials in the URL as Basic auth, gzip and deflate answers, its User-Agent, and no redirects
+followed. Errors are httpcore's (the aiohttp pool translates its own): `providers.http_errors`
+translates them.
 """
 
 from __future__ import annotations
@@ -16,16 +20,24 @@ import urllib.request
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 import httpcore
 import httpx
 
 from providers.http_backend import StreamBackend
 
+if TYPE_CHECKING:
+    from providers.http_aiohttp import AiohttpPool
+
 KEEPALIVE_EXPIRY_S = 5.0  # httpx's default: an idle connection older than this is not reused
 ACCEPT_ENCODING = b"gzip, deflate"
 USER_AGENT = f"python-httpx/{httpx.__version__}".encode()
 AnyPool = httpcore.AsyncConnectionPool | httpcore.AsyncHTTPProxy | httpcore.AsyncSOCKSProxy
+Transport = Literal["auto", "aiohttp", "httpcore"]
+DROPPED = (httpcore.RemoteProtocolError, httpcore.ReadError, httpcore.WriteError)
+"""httpcore's words for a connection that broke before its answer ("Server disconnected without sending
+a response", a reset): sent once more, since an embeddings request is a pure function of its body."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,12 +64,27 @@ def environment_proxy(url: httpx.URL) -> str | None:
     return proxy if "://" in proxy else f"http://{proxy}"
 
 
-def open_pool(url: httpx.URL, *, max_connections: int) -> AnyPool:
-    """A pool for `url` as httpx's transport would build it (through the environment's proxy, if
-    any), on the lean asyncio backend."""
+def fixed_headers(url: httpx.URL, headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
+    """The headers every POST to `url` carries, as httpx would send them; `headers` win over its
+    defaults, and credentials in the URL win over `headers` as Basic auth (httpx's rule)."""
+    fixed = {
+        b"Host": url.netloc,
+        b"Accept-Encoding": ACCEPT_ENCODING,
+        b"Connection": b"keep-alive",
+        b"User-Agent": USER_AGENT,
+        **{name.encode("ascii"): value.encode("latin-1") for name, value in headers.items()},
+    }
+    if url.username or url.password:
+        pair = f"{url.username}:{url.password}".encode()
+        fixed[b"Authorization"] = b"Basic " + base64.b64encode(pair)
+    return list(fixed.items())
+
+
+def open_pool(url: httpx.URL, proxy_url: str | None, *, max_connections: int) -> AnyPool:
+    """A pool for `url` as httpx's transport would build it (through `proxy_url`, if any), on the
+    lean asyncio backend."""
     ssl_context = httpx.create_ssl_context()
     backend = StreamBackend()
-    proxy_url = environment_proxy(url)
     if proxy_url is None:
         return httpcore.AsyncConnectionPool(
             ssl_context=ssl_context,
@@ -108,34 +135,58 @@ def decompress(content: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
 
 
 class UpstreamPool:
-    """POSTs bodies to one URL over a bounded pool of keep-alive connections."""
+    """POSTs bodies to one URL over a bounded pool of keep-alive connections: aiohttp's, or httpcore's
+    where the environment's proxy needs it (`transport` forces one, for tests and comparisons)."""
 
-    def __init__(self, url: str, headers: Mapping[str, str], *, max_connections: int) -> None:
+    def __init__(
+        self, url: str, headers: Mapping[str, str], *, max_connections: int, transport: Transport = "auto"
+    ) -> None:
+        from providers.http_aiohttp import AiohttpPool  # it builds on this module's helpers
+
+        proxy = environment_proxy(httpx.URL(url))
+        if transport == "auto":
+            transport = "aiohttp" if proxy is None or proxy.startswith("http://") else "httpcore"
+        self.transport = transport
+        self.pool: AiohttpPool | HttpcorePool = (
+            AiohttpPool(url, headers, proxy, max_connections=max_connections)
+            if transport == "aiohttp"
+            else HttpcorePool(url, headers, proxy, max_connections=max_connections)
+        )
+
+    async def post(self, content: bytes, *, timeout_s: float, connect_timeout_s: float) -> Reply:
+        """The answer to one POST of `content`; httpcore's errors (see the pools)."""
+        return await self.pool.post(content, timeout_s=timeout_s, connect_timeout_s=connect_timeout_s)
+
+    async def aclose(self) -> None:
+        await self.pool.aclose()
+
+
+class HttpcorePool:
+    """POSTs bodies to one URL over httpcore's bounded pool of keep-alive connections."""
+
+    def __init__(self, url: str, headers: Mapping[str, str], proxy: str | None, *, max_connections: int) -> None:
         parsed = httpx.URL(url)
         self.url = httpcore.URL(
             scheme=parsed.raw_scheme, host=parsed.raw_host, port=parsed.port, target=parsed.raw_path
         )
-        fixed = {
-            b"Host": parsed.netloc,
-            b"Accept-Encoding": ACCEPT_ENCODING,
-            b"Connection": b"keep-alive",
-            b"User-Agent": USER_AGENT,
-            **{name.encode("ascii"): value.encode("latin-1") for name, value in headers.items()},
-        }
-        if parsed.username or parsed.password:  # httpx's rule: credentials in the URL win, as Basic auth
-            pair = f"{parsed.username}:{parsed.password}".encode()
-            fixed[b"Authorization"] = b"Basic " + base64.b64encode(pair)
-        self.headers = list(fixed.items())
-        self.pool = open_pool(parsed, max_connections=max_connections)
+        self.headers = fixed_headers(parsed, headers)
+        self.pool = open_pool(parsed, proxy, max_connections=max_connections)
 
     async def post(self, content: bytes, *, timeout_s: float, connect_timeout_s: float) -> Reply:
         """The answer to one POST of `content` (`timeout_s` bounds each read, write and the wait for a
-        connection); httpcore's errors as they are."""
+        connection); httpcore's errors as they are. A connection that breaks before its answer (a
+        keep-alive connection the server had just closed) costs one more try, as on the aiohttp pool."""
         headers = [*self.headers, (b"Content-Length", str(len(content)).encode("ascii"))]
         timeouts = {"connect": connect_timeout_s, "read": timeout_s, "write": timeout_s, "pool": timeout_s}
-        response = await self.pool.request(
-            b"POST", self.url, headers=headers, content=content, extensions={"timeout": timeouts}
-        )
+        extensions = {"timeout": timeouts}
+        try:
+            response = await self.pool.request(
+                b"POST", self.url, headers=headers, content=content, extensions=extensions
+            )
+        except DROPPED:
+            response = await self.pool.request(
+                b"POST", self.url, headers=headers, content=content, extensions=extensions
+            )
         content = decompress(response.content, response.headers)
         return Reply(response.status, response.headers, content, response.extensions.get("reason_phrase", b""))
 

@@ -1,6 +1,8 @@
-"""The upstream connection pool (`providers/http_transport.py`) on its lean asyncio backend
-(`providers/http_backend.py`): what reaches the server, keep-alive, proxies and certificates from
-the environment, compressed answers, timeouts. Against real servers on 127.0.0.1."""
+"""The upstream connection pools, one contract for both: aiohttp's (`providers/http_aiohttp.py`) and
+httpcore's on its lean asyncio backend (`providers/http_backend.py`), behind `UpstreamPool`
+(`providers/http_transport.py`): what reaches the server, keep-alive, pool limits, proxies and
+certificates from the environment, compressed answers, timeouts and errors, close. Against real
+servers on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpcore
 import httpx
@@ -25,8 +28,9 @@ import pytest
 
 from providers import http_backend
 from providers.base import ProviderError
+from providers.http_aiohttp import AiohttpPool
 from providers.http_errors import UpstreamTransient, upstream_errors, upstream_message
-from providers.http_transport import UpstreamPool
+from providers.http_transport import HttpcorePool, Transport, UpstreamPool
 
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 
@@ -52,13 +56,22 @@ Answer = Callable[[Seen], bytes | None]
 
 class Server:
     """A keep-alive HTTP/1.1 server in the test's own event loop; `close_after_answer` drops each
-    connection right after its response (while the response still says keep-alive)."""
+    connection right after its response (while the response still says keep-alive);
+    `drop_request` says, for each request, to read it and hang up without a word."""
 
-    def __init__(self, answer: Answer, *, close_after_answer: bool = False) -> None:
+    def __init__(
+        self,
+        answer: Answer,
+        *,
+        close_after_answer: bool = False,
+        drop_request: Callable[[Seen, int], bool] | None = None,
+    ) -> None:
         self.answer = answer
         self.close_after_answer = close_after_answer
+        self.drop_request = drop_request
         self.requests: list[Seen] = []
         self.connections = 0
+        self.closed = 0
         self.port = 0
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -72,6 +85,8 @@ class Server:
                 body = await reader.readexactly(int(headers.get("content-length", "0")))
                 seen = Seen(head[0], headers, body)
                 self.requests.append(seen)
+                if self.drop_request is not None and self.drop_request(seen, len(self.requests)):
+                    break
                 answer = self.answer(seen)
                 if answer is None:
                     await asyncio.sleep(3600)
@@ -83,11 +98,12 @@ class Server:
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
+            self.closed += 1
             writer.close()
 
 
 @asynccontextmanager
-async def serving(answer: Answer, *, tls: ssl.SSLContext | None = None, **options: bool) -> AsyncIterator[Server]:
+async def serving(answer: Answer, *, tls: ssl.SSLContext | None = None, **options: Any) -> AsyncIterator[Server]:
     server = Server(answer, **options)
     listener = await asyncio.start_server(server.serve, "127.0.0.1", 0, ssl=tls)
     server.port = listener.sockets[0].getsockname()[1]
@@ -97,9 +113,22 @@ async def serving(answer: Answer, *, tls: ssl.SSLContext | None = None, **option
         listener.close()
 
 
+TRANSPORTS: list[Transport] = ["aiohttp", "httpcore"]
+
+
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> Transport:
+    """Each pool test runs on both pools."""
+    kind: Transport = request.param
+    return kind
+
+
 @asynccontextmanager
-async def pool_for(url: str, headers: dict[str, str] | None = None) -> AsyncIterator[UpstreamPool]:
-    pool = UpstreamPool(url, headers or {}, max_connections=2)
+async def pool_for(
+    url: str, transport: Transport, headers: dict[str, str] | None = None, max_connections: int = 2
+) -> AsyncIterator[UpstreamPool]:
+    pool = UpstreamPool(url, headers or {}, max_connections=max_connections, transport=transport)
+    assert pool.transport == transport
     try:
         yield pool
     finally:
@@ -119,10 +148,12 @@ def no_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name.upper(), raising=False)
 
 
-async def test_requests_carry_httpx_headers_and_share_one_connection() -> None:
+async def test_requests_carry_httpx_headers_and_share_one_connection(transport: Transport) -> None:
     async with serving(lambda seen: response(b"answer " + seen.body)) as server:
         url = f"http://127.0.0.1:{server.port}/v1/embeddings"
-        async with pool_for(url, {"Authorization": "Bearer sk-1", "Content-Type": "application/json"}) as pool:
+        async with pool_for(
+            url, transport, {"Authorization": "Bearer sk-1", "Content-Type": "application/json"}
+        ) as pool:
             assert await post(pool, b'{"input": "a"}') == (200, b'answer {"input": "a"}')
             assert await post(pool, b'{"input": "bb"}') == (200, b'answer {"input": "bb"}')
     assert server.connections == 1
@@ -136,10 +167,10 @@ async def test_requests_carry_httpx_headers_and_share_one_connection() -> None:
     assert first.headers["user-agent"] == f"python-httpx/{httpx.__version__}"
 
 
-async def test_a_connection_the_server_dropped_while_idle_is_replaced() -> None:
+async def test_a_connection_the_server_dropped_while_idle_is_replaced(transport: Transport) -> None:
     async with (
         serving(lambda seen: response(), close_after_answer=True) as server,
-        pool_for(f"http://127.0.0.1:{server.port}/e") as pool,
+        pool_for(f"http://127.0.0.1:{server.port}/e", transport) as pool,
     ):
         for _ in range(3):  # no pause: the next request may find the close not yet read by the loop
             assert (await post(pool))[0] == 200
@@ -169,13 +200,13 @@ async def test_a_close_the_loop_has_not_read_yet_is_found_on_a_long_idle_connect
         listener.close()
 
 
-async def test_a_large_body_arrives_whole() -> None:
+async def test_a_large_body_arrives_whole(transport: Transport) -> None:
     body = bytes(range(256)) * 12_000  # 3 MB: past the backend's flush size, through flow control
 
     def digest(seen: Seen) -> bytes:
         return response(hashlib.sha256(seen.body).hexdigest().encode())
 
-    async with serving(digest) as server, pool_for(f"http://127.0.0.1:{server.port}/e") as pool:
+    async with serving(digest) as server, pool_for(f"http://127.0.0.1:{server.port}/e", transport) as pool:
         assert await post(pool, body) == (200, hashlib.sha256(body).hexdigest().encode())
         assert await post(pool, b"small") == (200, hashlib.sha256(b"small").hexdigest().encode())
 
@@ -185,16 +216,18 @@ async def test_a_large_body_arrives_whole() -> None:
     [("gzip", gzip.compress), ("deflate", zlib.compress), ("deflate", lambda data: zlib.compress(data)[2:-4])],
     ids=["gzip", "zlib-deflate", "raw-deflate"],
 )
-async def test_compressed_answers_are_decompressed(encoding: str, compress: Callable[[bytes], bytes]) -> None:
+async def test_compressed_answers_are_decompressed(
+    encoding: str, compress: Callable[[bytes], bytes], transport: Transport
+) -> None:
     payload = b'{"data": []}' * 100
     answer = response(compress(payload), headers={"Content-Encoding": encoding})
-    async with serving(lambda seen: answer) as server, pool_for(f"http://127.0.0.1:{server.port}/e") as pool:
+    async with serving(lambda seen: answer) as server, pool_for(f"http://127.0.0.1:{server.port}/e", transport) as pool:
         assert await post(pool) == (200, payload)
 
 
-async def test_an_answer_that_does_not_decompress_is_a_provider_error() -> None:
+async def test_an_answer_that_does_not_decompress_is_a_provider_error(transport: Transport) -> None:
     answer = response(b"not gzip at all", headers={"Content-Encoding": "gzip"})
-    async with serving(lambda seen: answer) as server, pool_for(f"http://127.0.0.1:{server.port}/e") as pool:
+    async with serving(lambda seen: answer) as server, pool_for(f"http://127.0.0.1:{server.port}/e", transport) as pool:
         with (
             pytest.raises(ProviderError, match="dep: the upstream's answer does not decompress") as raised,
             upstream_errors("dep", None),
@@ -203,44 +236,46 @@ async def test_an_answer_that_does_not_decompress_is_a_provider_error() -> None:
     assert type(raised.value) is ProviderError  # not retried
 
 
-async def test_an_error_answer_keeps_the_upstreams_own_words() -> None:
+async def test_an_error_answer_keeps_the_upstreams_own_words(transport: Transport) -> None:
     def refuse(seen: Seen) -> bytes:
         return response(b"", status=503).replace(b"503 X", b"503 Warming Up")
 
-    async with serving(refuse) as server, pool_for(f"http://127.0.0.1:{server.port}/e") as pool:
+    async with serving(refuse) as server, pool_for(f"http://127.0.0.1:{server.port}/e", transport) as pool:
         reply = await pool.post(b"{}", timeout_s=5, connect_timeout_s=5)
     answer = reply.as_httpx()
     assert (answer.status_code, answer.reason_phrase) == (503, "Warming Up")
     assert upstream_message(answer) == "Warming Up"
 
 
-async def test_a_silent_upstream_times_out_as_a_transient_failure() -> None:
-    async with serving(lambda seen: None) as server, pool_for(f"http://127.0.0.1:{server.port}/e") as pool:
+async def test_a_silent_upstream_times_out_as_a_transient_failure(transport: Transport) -> None:
+    async with serving(lambda seen: None) as server, pool_for(f"http://127.0.0.1:{server.port}/e", transport) as pool:
         with pytest.raises(httpcore.ReadTimeout):
             await post(pool, timeout_s=0.2)
         with pytest.raises(UpstreamTransient, match="did not answer in time"), upstream_errors("dep", None):
             await post(pool, timeout_s=0.2)
 
 
-async def test_credentials_in_the_url_become_basic_auth() -> None:
+async def test_credentials_in_the_url_become_basic_auth(transport: Transport) -> None:
     async with (
         serving(lambda seen: response()) as server,
-        pool_for(f"http://user:pa%3Ass@127.0.0.1:{server.port}/e", {"Authorization": "Bearer x"}) as pool,
+        pool_for(f"http://user:pa%3Ass@127.0.0.1:{server.port}/e", transport, {"Authorization": "Bearer x"}) as pool,
     ):
         await post(pool)
     assert server.requests[0].headers["authorization"] == "Basic dXNlcjpwYTpzcw=="  # user:pa:ss
 
 
-async def test_the_environment_proxy_is_used_unless_no_proxy_names_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_the_environment_proxy_is_used_unless_no_proxy_names_the_host(
+    monkeypatch: pytest.MonkeyPatch, transport: Transport
+) -> None:
     async with serving(lambda seen: response(b"via proxy")) as proxy, serving(lambda seen: response()) as origin:
         monkeypatch.setenv("HTTP_PROXY", f"http://agent:secret@127.0.0.1:{proxy.port}")
-        async with pool_for("http://upstream.test:8080/v1/embeddings") as pool:
+        async with pool_for("http://upstream.test:8080/v1/embeddings", transport) as pool:
             assert await post(pool) == (200, b"via proxy")
         seen = proxy.requests[0]
         assert seen.line == "POST http://upstream.test:8080/v1/embeddings HTTP/1.1"
         assert seen.headers["proxy-authorization"] == "Basic YWdlbnQ6c2VjcmV0"  # agent:secret
         monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
-        async with pool_for(f"http://127.0.0.1:{origin.port}/v1/embeddings") as pool:
+        async with pool_for(f"http://127.0.0.1:{origin.port}/v1/embeddings", transport) as pool:
             assert (await post(pool))[0] == 200
     assert origin.requests[0].line == "POST /v1/embeddings HTTP/1.1"
     assert len(proxy.requests) == 1
@@ -265,16 +300,103 @@ def _certificates(directory: Path) -> ssl.SSLContext:
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make certificates")
 async def test_https_trusts_ssl_cert_file_and_refuses_an_unknown_ca(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, transport: Transport
 ) -> None:
     tls = _certificates(tmp_path)
     async with serving(lambda seen: response(b"secure"), tls=tls) as server:
         url = f"https://127.0.0.1:{server.port}/v1/embeddings"
-        async with pool_for(url) as pool:  # certifi's roots do not know our CA
+        async with pool_for(url, transport) as pool:  # certifi's roots do not know our CA
             with pytest.raises(UpstreamTransient, match="cannot reach the upstream"), upstream_errors("dep", None):
                 await post(pool)
         monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
-        async with pool_for(url) as pool:
+        async with pool_for(url, transport) as pool:
             assert await post(pool) == (200, b"secure")
             assert await post(pool) == (200, b"secure")
     assert server.requests[-1].line == "POST /v1/embeddings HTTP/1.1"
+
+
+async def test_a_keepalive_connection_closed_as_the_request_arrives_is_sent_again(transport: Transport) -> None:
+    """The server closes its idle keep-alive connection just as the second request reaches it (it reads
+    the request and hangs up without a word); the request goes again on a fresh connection."""
+    async with (
+        serving(lambda seen: response(b"answer " + seen.body), drop_request=lambda seen, n: n == 2) as server,
+        pool_for(f"http://127.0.0.1:{server.port}/e", transport) as pool,
+    ):
+        assert await post(pool, b"1") == (200, b"answer 1")
+        assert await post(pool, b"2") == (200, b"answer 2")
+    assert [seen.body for seen in server.requests] == [b"1", b"2", b"2"]
+    assert server.connections == 2
+
+
+async def test_an_upstream_that_always_hangs_up_is_tried_twice_then_unreachable(transport: Transport) -> None:
+    async with (
+        serving(lambda seen: response(), drop_request=lambda seen, n: True) as server,
+        pool_for(f"http://127.0.0.1:{server.port}/e", transport) as pool,
+    ):
+        with pytest.raises(UpstreamTransient, match="cannot reach the upstream"), upstream_errors("dep", None):
+            await post(pool)
+    assert len(server.requests) == 2  # the second try is the last
+
+
+async def test_a_refused_connection_is_a_transient_failure(transport: Transport) -> None:
+    with socket.socket() as unused:  # a port nobody listens on
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    async with pool_for(f"http://127.0.0.1:{port}/e", transport) as pool:
+        with pytest.raises(httpcore.ConnectError):
+            await post(pool)
+        with pytest.raises(UpstreamTransient, match="cannot reach the upstream"), upstream_errors("dep", None):
+            await post(pool)
+
+
+async def test_the_pool_opens_at_most_max_connections_and_a_wait_for_one_times_out(transport: Transport) -> None:
+    def answer(seen: Seen) -> bytes | None:
+        return None if seen.body == b"hang" else response(b"ok")
+
+    async with (
+        serving(answer) as server,
+        pool_for(f"http://127.0.0.1:{server.port}/e", transport, max_connections=1) as pool,
+    ):
+        hanging = asyncio.create_task(post(pool, b"hang", timeout_s=30))
+        await asyncio.sleep(0.1)  # the one connection is taken
+        with pytest.raises(UpstreamTransient, match="did not answer in time"), upstream_errors("dep", None):
+            await post(pool, b"next", timeout_s=0.2)
+        assert server.connections == 1
+        hanging.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await hanging
+    assert [seen.body for seen in server.requests] == [b"hang"]
+
+
+async def test_close_hangs_up_the_pooled_connections(transport: Transport) -> None:
+    async with serving(lambda seen: response()) as server:
+        pool = UpstreamPool(f"http://127.0.0.1:{server.port}/e", {}, max_connections=2, transport=transport)
+        await asyncio.gather(post(pool), post(pool))
+        assert (server.connections, server.closed) == (2, 0)
+        await pool.aclose()
+        for _ in range(50):
+            if server.closed == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert server.closed == 2
+
+
+@pytest.mark.parametrize(
+    ("proxy", "chosen"),
+    [
+        (None, AiohttpPool),
+        ("http://127.0.0.1:3128", AiohttpPool),
+        ("https://127.0.0.1:3128", HttpcorePool),
+    ],
+    ids=["no-proxy", "http-proxy", "https-proxy"],
+)
+async def test_aiohttp_serves_unless_the_environment_names_a_proxy_it_does_not_speak(
+    monkeypatch: pytest.MonkeyPatch, proxy: str | None, chosen: type[AiohttpPool | HttpcorePool]
+) -> None:
+    if proxy is not None:
+        monkeypatch.setenv("HTTPS_PROXY", proxy)
+    pool = UpstreamPool("https://api.example.test/v1/embeddings", {}, max_connections=1)
+    try:
+        assert type(pool.pool) is chosen
+    finally:
+        await pool.aclose()

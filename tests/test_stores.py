@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from gateway import stores
 from gateway.stores import MemoryStore, RedisStore, TieredStore, VectorStore
 from tests.servers import RedisCluster, RedisServer
 
@@ -65,7 +66,9 @@ async def test_redis_down_is_a_miss_then_it_comes_back(redis_server: RedisServer
     redis_server.stop()
     assert await store.get_many(["k"]) == [None]  # no exception
     await store.set_many({"k2": b"v"})  # no exception
-    assert store.stats()["redis_errors"] >= 1
+    await asyncio.sleep(0.25)  # past retry_after_s: the next write tries Redis, on the script path
+    await store.set_many({"k4": b"v", "k5": b"w"})  # no exception
+    assert store.stats()["redis_errors"] >= 2
     redis_server.start()  # same port, empty
     await asyncio.sleep(0.25)
     await store.set_many({"k3": b"back"})
@@ -83,6 +86,8 @@ async def test_redis_cluster_through_the_cluster_client(tmp_path: Path) -> None:
         await store.set_many(entries)
         keys = [*entries, "emb:absent"]
         assert await store.get_many(keys) == [*entries.values(), None]
+        await store.set_many({"emb:one": b"single"})
+        assert await store.get_many(["emb:one"]) == [b"single"]
         assert store.stats()["redis_errors"] == 0
         await store.aclose()
     finally:
@@ -97,3 +102,55 @@ async def test_tiered_copies_redis_hits_into_memory(redis_server: RedisServer) -
     assert await tiered.get_many(["from-other-replica"]) == [b"v"]
     assert await l1.get_many(["from-other-replica"]) == [b"v"]
     await tiered.aclose()
+
+
+def evalsha_calls(raw: redis.Redis, command: str = "evalsha") -> int:
+    """`command`s the server has run to the end (its own count, from INFO commandstats): the first
+    EVALSHA of a script Redis does not know yet fails (NOSCRIPT), then redis-py loads it."""
+    stats: dict[str, dict[str, int]] = raw.info("commandstats")
+    counts = stats.get(f"cmdstat_{command}", {})
+    return counts.get("calls", 0) - counts.get("failed_calls", 0)
+
+
+async def test_redis_writes_several_entries_in_one_script_call_and_one_entry_in_a_set(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw = redis.Redis.from_url(redis_server.url)
+    store = RedisStore(redis_server.url, ttl_s=100)
+    entries = {f"emb:{i}": bytes([i]) * 1024 for i in range(32)}
+    await store.set_many(entries)
+    assert evalsha_calls(raw) == 1
+    assert await store.get_many(list(entries)) == list(entries.values())
+    assert all(0 < raw.ttl(key) <= 100 for key in entries)
+    await store.set_many({"emb:alone": b"v"})
+    assert evalsha_calls(raw) == 1  # a plain SET
+    assert 0 < raw.ttl("emb:alone") <= 100
+    monkeypatch.setattr(stores, "SCRIPT_MAX_KEYS", 10)
+    more = {f"emb:more:{i}": b"m" * 8 for i in range(25)}
+    await store.set_many(more)
+    assert evalsha_calls(raw) == 1 + 3  # 10 + 10 + 5
+    assert await store.get_many(list(more)) == list(more.values())
+    assert store.stats()["redis_errors"] == 0
+    await store.aclose()
+
+
+async def test_redis_entries_without_a_ttl_do_not_expire(redis_server: RedisServer) -> None:
+    raw = redis.Redis.from_url(redis_server.url)
+    store = RedisStore(redis_server.url, ttl_s=None)
+    await store.set_many({"a": b"1", "b": b"2", "c": b"3"})
+    await store.set_many({"d": b"4"})
+    assert [raw.ttl(key) for key in "abcd"] == [-1] * 4
+    assert raw.mget(list("abcd")) == [b"1", b"2", b"3", b"4"]
+    await store.aclose()
+
+
+async def test_a_flushed_script_is_loaded_again(redis_server: RedisServer) -> None:
+    raw = redis.Redis.from_url(redis_server.url)
+    store = RedisStore(redis_server.url)
+    await store.set_many({"a": b"1", "b": b"2"})
+    raw.script_flush()  # as after a Redis restart: EVALSHA answers NOSCRIPT
+    await store.set_many({"c": b"3", "d": b"4"})
+    assert await store.get_many(["a", "b", "c", "d"]) == [b"1", b"2", b"3", b"4"]
+    assert (evalsha_calls(raw), evalsha_calls(raw, "script|load")) == (2, 2)
+    assert store.stats()["redis_errors"] == 0
+    await store.aclose()
