@@ -560,6 +560,13 @@ def check_targets(summary: dict[str, dict[str, dict[str, Any]]], args: argparse.
     return missed
 
 
+def redis_parser() -> str:
+    """The reply parser redis-py picks in this environment, which the gateway shares (same interpreter)."""
+    from redis.utils import HIREDIS_AVAILABLE
+
+    return "hiredis" if HIREDIS_AVAILABLE else "Python"
+
+
 def litellm_version(venv: Path) -> str:
     found = sorted(venv.glob("lib/python*/site-packages/litellm-*.dist-info"))
     return found[0].name.removeprefix("litellm-").removesuffix(".dist-info") if found else "?"
@@ -628,12 +635,14 @@ def main() -> None:
     )
     if GATEWAY in names:
         print("gateway hits come from its in-process cache (its default, memory_mb 256), in front of Redis")
+        print(f"gateway's redis-py parser: {redis_parser()} (hiredis when installed: the `redis[hiredis]` extra)")
     if LITELLM in names:
         print(f"LiteLLM {litellm_version(args.litellm_venv)}: hits come from Redis")
     report(summary, names)
     missed = check_targets(summary, args) if GATEWAY in names else []
     load = {"before": load_before, "after": load_after}
-    write_results(args.out, args, targets, {"load_average_1min": load, "missed": missed, "summary": summary})
+    results = {"load_average_1min": load, "redis_parser": redis_parser(), "missed": missed, "summary": summary}
+    write_results(args.out, args, targets, results)
     if missed:
         sys.exit(1)
 

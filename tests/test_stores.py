@@ -154,3 +154,15 @@ async def test_a_flushed_script_is_loaded_again(redis_server: RedisServer) -> No
     assert (evalsha_calls(raw), evalsha_calls(raw, "script|load")) == (2, 2)
     assert store.stats()["redis_errors"] == 0
     await store.aclose()
+
+
+async def test_a_redis_that_refuses_scripts_gets_pipelines(redis_server: RedisServer) -> None:
+    raw = redis.Redis.from_url(redis_server.url)
+    raw.execute_command("ACL", "SETUSER", "default", "-evalsha")  # as an ACL or a proxy may: NOPERM
+    store = RedisStore(redis_server.url, ttl_s=100)
+    await store.set_many({"a": b"1", "b": b"2"})
+    await store.set_many({"c": b"3", "d": b"4"})
+    assert raw.mget(list("abcd")) == [b"1", b"2", b"3", b"4"]
+    assert all(0 < raw.ttl(key) <= 100 for key in "abcd")
+    assert (store.scripting, store.stats()["redis_errors"]) == (False, 0)
+    await store.aclose()
