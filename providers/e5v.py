@@ -35,6 +35,7 @@ from providers.base import (
 from providers.batching import Collate, Features, Prepared
 from providers.fingerprint import checkpoint_identity
 from providers.local import LocalOptions, LocalProvider, first_line
+from providers.padding import pad_rows
 from providers.torch_device import resolve_device, resolve_dtype
 
 SENTENCE = "<sent>"
@@ -110,23 +111,15 @@ class E5vInput:
     image: PILImage | None = None
 
 
-def padded_left(rows: Sequence[torch.Tensor], value: int) -> torch.Tensor:
-    """[n, longest] with each row's tokens at the right end (a decoder's last token is its own)."""
-    out = torch.full((len(rows), max(row.shape[-1] for row in rows)), value, dtype=rows[0].dtype)
-    for index, row in enumerate(rows):
-        out[index, out.shape[1] - row.shape[-1] :] = row
-    return out
-
-
 def collate_left(pad_id: int) -> Collate:
     """Left-pad `input_ids` (with `pad_id`) and `attention_mask` (with 0); give every row position
     ids from its first real token, as it has alone; list all pictures' tiles in item order (the
     model splits them again by `image_sizes`)."""
 
     def collate(features: Sequence[Features]) -> Features:
-        mask = padded_left([f["attention_mask"][0] for f in features], 0)
+        mask = pad_rows([f["attention_mask"][0] for f in features], 0, left=True)
         batch: Features = {
-            "input_ids": padded_left([f["input_ids"][0] for f in features], pad_id),
+            "input_ids": pad_rows([f["input_ids"][0] for f in features], pad_id, left=True),
             "attention_mask": mask,
             "position_ids": (mask.cumsum(-1) - 1).clamp(min=0),
         }
@@ -266,9 +259,6 @@ class E5vProvider(LocalProvider[E5vOptions, E5vEncoder, E5vInput]):
     options_type = E5vOptions
     cpu_image_batch = CPU_IMAGE_BATCH
     accelerator_image_batch = ACCELERATOR_IMAGE_BATCH
-
-    def __init__(self, options: E5vOptions, *, name: str = "e5v") -> None:
-        super().__init__(options, name=name)
 
     def build_encoder(self) -> E5vEncoder:
         return E5vEncoder(self.options)

@@ -40,6 +40,7 @@ from providers.base import (
 from providers.batching import Collate, Features, Prepared, collate
 from providers.fingerprint import checkpoint_identity
 from providers.local import LocalOptions, LocalProvider, first_line, fuse
+from providers.padding import pad_rows
 from providers.torch_device import resolve_device, resolve_dtype
 
 QUERY_TASK = "retrieval.query"
@@ -87,11 +88,7 @@ def pad_texts(pad_id: int) -> Collate:
     def collate_padded(features: Sequence[Features]) -> Features:
         if "input_ids" not in features[0]:
             return collate(features)
-        rows = [f["input_ids"][0] for f in features]
-        ids = torch.full((len(rows), max(len(r) for r in rows)), pad_id, dtype=rows[0].dtype)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = row
-        return {"input_ids": ids}
+        return {"input_ids": pad_rows([f["input_ids"][0] for f in features], pad_id)}
 
     return collate_padded
 
@@ -173,9 +170,6 @@ class JinaClipProvider(LocalProvider[JinaClipOptions, JinaClipEncoder, Part]):
 
     family = "jina_clip"
     options_type = JinaClipOptions
-
-    def __init__(self, options: JinaClipOptions, *, name: str = "jina_clip") -> None:
-        super().__init__(options, name=name)
 
     def build_encoder(self) -> JinaClipEncoder:
         return JinaClipEncoder(self.options)

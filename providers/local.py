@@ -84,9 +84,9 @@ class LocalProvider(ABC, Generic[OptionsT, EncoderT, UnitT]):
     """Inputs with an image per pass on an accelerator (None: `max_batch_size`)."""
     fuses_parts: ClassVar[bool] = True
 
-    def __init__(self, options: OptionsT, *, name: str) -> None:
+    def __init__(self, options: OptionsT, *, name: str | None = None) -> None:
         self.options = options
-        self.name = name
+        self.name = name or self.family
         self._encoder: EncoderT | None = None
         self._info: ProviderInfo | None = None
         self._engine: BatchingEngine[UnitT] | None = None

@@ -47,6 +47,7 @@ from providers.base import (
 from providers.batching import Collate, Features, Prepared
 from providers.fingerprint import checkpoint_identity
 from providers.local import LocalOptions, LocalProvider, first_line
+from providers.padding import pad_rows
 from providers.torch_device import resolve_device, resolve_dtype
 
 Pooling = Literal["last_token", "mean"]
@@ -260,16 +261,12 @@ class Qwen2VlEncoder:
 def collate(features: Sequence[Features], pad_id: int = 0) -> Features:
     """Left-pad ids (`pad_id`, masked out) and positions (0) to the longest item; concatenate the
     items' patches and grids in item order, as Qwen2-VL flattens them."""
-    length = max(f["input_ids"].shape[1] for f in features)
-    input_ids = torch.full((len(features), length), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros(len(features), length, dtype=torch.long)
-    position_ids = torch.zeros(3, len(features), length, dtype=torch.long)
-    for row, item in enumerate(features):
-        size = item["input_ids"].shape[1]
-        input_ids[row, length - size :] = item["input_ids"][0]
-        attention_mask[row, length - size :] = 1
-        position_ids[:, row, length - size :] = item["position_ids"][0]
-    batch: Features = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+    ids = [item["input_ids"][0] for item in features]
+    batch: Features = {
+        "input_ids": pad_rows(ids, pad_id, left=True),
+        "attention_mask": pad_rows([torch.ones_like(row) for row in ids], 0, left=True),
+        "position_ids": pad_rows([item["position_ids"][0] for item in features], 0, left=True).transpose(0, 1),
+    }
     pictured = [item for item in features if "pixel_values" in item]
     if pictured:
         batch["pixel_values"] = torch.cat([item["pixel_values"] for item in pictured])
@@ -296,9 +293,6 @@ class Qwen2VlProvider(LocalProvider[Qwen2VlOptions, Qwen2VlEncoder, Qwen2VlInput
     family = "qwen2_vl"
     options_type = Qwen2VlOptions
     cpu_image_batch = CPU_IMAGE_BATCH
-
-    def __init__(self, options: Qwen2VlOptions, *, name: str = "qwen2_vl") -> None:
-        super().__init__(options, name=name)
 
     def build_encoder(self) -> Qwen2VlEncoder:
         return Qwen2VlEncoder(self.options)

@@ -120,9 +120,6 @@ class SiglipProvider(LocalProvider[SiglipOptions, SiglipEncoder, Part]):
     options_type = SiglipOptions
     cpu_image_batch = CPU_IMAGE_BATCH
 
-    def __init__(self, options: SiglipOptions, *, name: str = "siglip") -> None:
-        super().__init__(options, name=name)
-
     def build_encoder(self) -> SiglipEncoder:
         return SiglipEncoder(self.options)
 

@@ -39,6 +39,7 @@ from providers.base import (
 from providers.batching import Collate, Features, Prepared
 from providers.fingerprint import checkpoint_identity
 from providers.local import LocalOptions, LocalProvider, first_line
+from providers.padding import pad_rows
 from providers.sentence_transformers_files import SentenceTransformerFiles, read_files
 from providers.torch_device import resolve_device, resolve_dtype
 
@@ -255,18 +256,12 @@ class TextEncoder:
 
     def collate(self, features: Sequence[Features]) -> Features:
         """Pad to the longest sequence on the tokenizer's side: `pad_token_id` for ids, 0 for masks."""
-        length = max(f["input_ids"].shape[1] for f in features)
-        batch: Features = {}
-        for key in features[0]:
-            padded = torch.full((len(features), length), self.pad_id if key == "input_ids" else 0, dtype=torch.long)
-            for row, item in enumerate(features):
-                size = item[key].shape[1]
-                if self.left_padding:
-                    padded[row, length - size :] = item[key][0]
-                else:
-                    padded[row, :size] = item[key][0]
-            batch[key] = padded
-        return batch
+        return {
+            key: pad_rows(
+                [item[key][0] for item in features], self.pad_id if key == "input_ids" else 0, left=self.left_padding
+            )
+            for key in features[0]
+        }
 
     @torch.inference_mode()
     def forward(self, modality: Modality, batch: Features) -> Vectors:
@@ -295,9 +290,6 @@ class TextEncoderProvider(LocalProvider[TextEncoderOptions, TextEncoder, TextUni
     family = "text_encoder"
     options_type = TextEncoderOptions
     fuses_parts = False
-
-    def __init__(self, options: TextEncoderOptions, *, name: str = "text_encoder") -> None:
-        super().__init__(options, name=name)
 
     def build_encoder(self) -> TextEncoder:
         return TextEncoder(self.options)

@@ -153,9 +153,6 @@ class VisragProvider(LocalProvider[VisragOptions, VisragEncoder, VisragInput]):
     cpu_image_batch = CPU_IMAGE_BATCH
     accelerator_image_batch = ACCELERATOR_IMAGE_BATCH
 
-    def __init__(self, options: VisragOptions, *, name: str = "visrag") -> None:
-        super().__init__(options, name=name)
-
     def build_encoder(self) -> VisragEncoder:
         return VisragEncoder(self.options)
 

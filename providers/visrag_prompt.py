@@ -19,6 +19,7 @@ from PIL.Image import Image as PILImage
 
 from providers.base import Modality, ProviderError
 from providers.batching import Features, Prepared
+from providers.padding import pad_rows
 from providers.visrag_model import VisragConfig
 from providers.visrag_slicing import SlicePlan, cut, plan
 from providers.visrag_tokenizer import SentencePieceLlamaTokenizer
@@ -110,16 +111,12 @@ def collate(features: Sequence[Features]) -> Features:
     """Right-pad the sequences (id 0) with an attention mask; list the picture groups in item order
     (`pixels.0`, `pixels.1`, ...: an item's overview, then its slices) and where their tokens go
     (`vision_rows`, `vision_columns`, in the same order)."""
-    length = max(f["input_ids"].shape[1] for f in features)
-    input_ids = torch.zeros(len(features), length, dtype=torch.long)
-    attention_mask = torch.zeros(len(features), length, dtype=torch.long)
+    input_ids = pad_rows([f["input_ids"][0] for f in features], 0)
+    attention_mask = pad_rows([torch.ones_like(f["input_ids"][0]) for f in features], 0)
     groups: list[torch.Tensor] = []
     rows: list[torch.Tensor] = []
     columns: list[torch.Tensor] = []
     for index, item in enumerate(features):
-        size = item["input_ids"].shape[1]
-        input_ids[index, :size] = item["input_ids"][0]
-        attention_mask[index, :size] = 1
         if "vision_positions" not in item:
             continue
         groups.append(item["pixels.source"])
