@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -165,4 +167,23 @@ async def test_a_redis_that_refuses_scripts_gets_pipelines(redis_server: RedisSe
     assert raw.mget(list("abcd")) == [b"1", b"2", b"3", b"4"]
     assert all(0 < raw.ttl(key) <= 100 for key in "abcd")
     assert (store.scripting, store.stats()["redis_errors"]) == (False, 0)
+    await store.aclose()
+
+
+async def test_a_stalled_redis_costs_one_timeout_then_is_left_alone(redis_server: RedisServer) -> None:
+    store = RedisStore(redis_server.url, timeout_s=0.2, retry_after_s=30)
+    await store.set_many({"k": b"v"})
+    assert redis_server.process is not None
+    redis_server.process.send_signal(signal.SIGSTOP)  # alive, connected, silent
+    try:
+        start = time.monotonic()
+        assert await store.get_many(["k"]) == [None]
+        assert 0.15 < time.monotonic() - start < 1.0  # the one timeout, not one per try
+        start = time.monotonic()
+        await store.set_many({"a": b"1", "b": b"2"})
+        assert await store.get_many(["k"]) == [None]
+        assert time.monotonic() - start < 0.05  # left alone for retry_after_s
+        assert store.stats() == {"redis_errors": 1, "redis_up": 0.0}
+    finally:
+        redis_server.process.send_signal(signal.SIGCONT)
     await store.aclose()
