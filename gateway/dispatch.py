@@ -43,6 +43,9 @@ from providers.base import (
 
 logger = logging.getLogger(__name__)
 NORM_TOLERANCE = 1e-3
+SQUARES_LOW, SQUARES_HIGH = (1 - NORM_TOLERANCE) ** 2, (1 + NORM_TOLERANCE) ** 2
+"""Unit length within the tolerance, on squared norms: one reduction passes a good batch (a NaN or an
+infinity makes its row's sum fail both bounds); a failing one is then explained by the checks below."""
 
 
 @dataclass(slots=True)
@@ -91,7 +94,9 @@ def _until_tomorrow() -> float:
 
 def in_order(deployments: Sequence[Deployment]) -> Iterator[Deployment]:
     """By priority; within a priority, fewest requests in flight first (ties broken at random)."""
-    yield from sorted(deployments, key=lambda d: (d.priority, d.outstanding, random.random()))
+    if len(deployments) == 1:
+        return iter(deployments)
+    return iter(sorted(deployments, key=lambda d: (d.priority, d.outstanding, random.random())))
 
 
 def check_vectors(result: EmbedResult, count: int, dimension: int) -> str | None:
@@ -99,13 +104,16 @@ def check_vectors(result: EmbedResult, count: int, dimension: int) -> str | None
     vectors = result.vectors
     if vectors.shape != (count, dimension):
         return f"returned vectors of shape {vectors.shape}, expected ({count}, {dimension})"
+    if result.item_tokens and len(result.item_tokens) != count:
+        return f"reported {len(result.item_tokens)} token counts for {count} items"
+    squares = np.einsum("ij,ij->i", vectors, vectors, dtype=np.float64)
+    if count == 0 or (squares.min() >= SQUARES_LOW and squares.max() <= SQUARES_HIGH):  # NaN compares false
+        return None
     if not np.isfinite(vectors).all():
         return "returned non-finite vectors"
     norms = np.linalg.norm(vectors, axis=1)
     if np.any(np.abs(norms - 1.0) > NORM_TOLERANCE):
         return "returned vectors that are not unit length"
-    if result.item_tokens and len(result.item_tokens) != count:
-        return f"reported {len(result.item_tokens)} token counts for {count} items"
     return None
 
 
@@ -137,7 +145,7 @@ class Dispatcher:
     async def embed(
         self, model: ServedModel, items: Sequence[Item], options: EmbedOptions, context: RequestContext
     ) -> Dispatched:
-        vectors = np.zeros((len(items), model.dimension), dtype=np.float32)
+        vectors: Vectors | None = None  # made when a deployment takes only some of the items
         tokens = [0] * len(items)
         pending = list(range(len(items)))
         attempts = Attempts()
@@ -147,13 +155,15 @@ class Dispatcher:
                 continue
             if attempts.outcomes:  # an earlier deployment failed or was skipped: this is a fallback
                 deployment.counters.fallbacks += 1
-            batch = Batch([items[i] for i in eligible], eligible, options, context)
-            result = await self._try(deployment, batch, attempts)
+            taken = list(items) if len(eligible) == len(items) else [items[i] for i in eligible]
+            result = await self._try(deployment, Batch(taken, eligible, options, context), attempts)
             if result is None:
                 continue
             if len(eligible) == len(items):  # the usual case: one deployment took them all, in order
-                item_tokens = list(result.item_tokens) if result.item_tokens else [0] * len(items)
+                item_tokens = list(result.item_tokens) if result.item_tokens else tokens
                 return Dispatched(result.vectors.astype(np.float32, copy=False), item_tokens)
+            if vectors is None:
+                vectors = np.zeros((len(items), model.dimension), dtype=np.float32)
             vectors[eligible] = result.vectors
             for position, index in enumerate(eligible):
                 tokens[index] = result.item_tokens[position] if result.item_tokens else 0
@@ -206,7 +216,8 @@ class Dispatcher:
             deployment.outstanding -= 1
         breaker.record_success()
         usd = actual_usd(deployment.settings.price, result.usage)
-        await self._settle(reservation, usd)
+        if reservation is not None:  # a free deployment reserved nothing: no coroutine to settle
+            await self._settle(reservation, usd)
         deployment.counters.spend_usd += usd
         context.spend.add(deployment.name, usd)
         if context.key is not None and usd:

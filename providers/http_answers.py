@@ -14,6 +14,10 @@ import numpy as np
 
 from providers.base import ProviderError, Usage, Vectors
 
+SQUARES_LOW, SQUARES_HIGH = 1e-150, 1e150
+"""Rows whose sum of squares lies between these (float64) are normalised directly, in one pass (the
+usual answer); any other (NaN, infinite, zero, overflow, underflow) goes through the careful path."""
+
 
 def read_answer(content: bytes, count: int, dimension: int | None, name: str) -> tuple[Any, Vectors]:
     """The decoded JSON answer and its checked vectors (blocking: big answers go to a thread)."""
@@ -52,6 +56,16 @@ def parse_embeddings(payload: Any, count: int, dimension: int | None, name: str)
         raise ProviderError(f"{name}: the upstream's embeddings are not lists of numbers")
     if dimension is not None and matrix.shape[1] != dimension:
         raise ProviderError(f"{name}: the upstream returned {matrix.shape[1]} dimensions, expected {dimension}")
+    squares = np.einsum("ij,ij->i", matrix, matrix)
+    if squares.min() > SQUARES_LOW and squares.max() < SQUARES_HIGH:  # false for NaN: checked below
+        fast: Vectors = (matrix / np.sqrt(squares)[:, None]).astype(np.float32)
+        return fast
+    return _normalise_carefully(matrix, name)
+
+
+def _normalise_carefully(matrix: np.ndarray, name: str) -> Vectors:
+    """Rows whose squares sum out of range: NaN, infinite, zero, or values so large or small that
+    their squares overflow or underflow; each row scaled by its peak first."""
     if not np.isfinite(matrix).all():
         raise ProviderError(f"{name}: the upstream returned NaN or infinite values")
     peaks = np.abs(matrix).max(axis=1, keepdims=True)
