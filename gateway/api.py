@@ -34,21 +34,32 @@ async def _until_disconnect(request: Request[Any, Any, Any]) -> None:
 
 
 async def cancel_on_disconnect(request: Request[Any, Any, Any], work: Awaitable[T]) -> T:
-    """Run `work`, cancelling it (and so dropping its queued parts) if the client disconnects."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_until_disconnect(request))
+    """Run `work` in this task, cancelling it (and so dropping its queued parts) if the client
+    disconnects. One watcher task per request, not a task for the work too (a miss is ~1 ms)."""
+    current = asyncio.current_task()
+    assert current is not None
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        await _until_disconnect(request)
+        gone = True
+        current.cancel()
+
+    watcher = asyncio.create_task(watch())
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        return await work
+    except asyncio.CancelledError:
+        if gone:
+            current.uncancel()
+            raise ClientDisconnected("The client closed the connection", code="client_disconnected") from None
+        if current.cancelling():  # the server is stopping: let the cancellation through
+            raise
+        # nobody cancelled this task: a bug below, answered as a retryable 503, not a bare 500
+        logger.exception("request work was cancelled from within on %s %s", request.method, request.url.path)
+        raise ServiceUnavailable("The request was interrupted; retry it", code="interrupted") from None
     finally:
         watcher.cancel()
-    if not task.done():
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        raise ClientDisconnected("The client closed the connection", code="client_disconnected")
-    if task.cancelled():  # nobody here cancelled it: a bug below, answered as a retryable 503, not a bare 500
-        logger.error("request work was cancelled from within on %s %s", request.method, request.url.path)
-        raise ServiceUnavailable("The request was interrupted; retry it", code="interrupted")
-    return task.result()
 
 
 @post(["/v1/embeddings", "/embeddings"], status_code=200, media_type=JSON)
