@@ -12,6 +12,10 @@ from typing import Any
 
 import pytest
 
+# Remote code the jina-clip tests load (and the gateways they start) is copied into transformers'
+# modules cache: keep it in the checkout, not in the home directory. Set before transformers loads.
+os.environ.setdefault("HF_MODULES_CACHE", str(Path(__file__).resolve().parent.parent / ".cache" / "hf-modules"))
+
 from tests.servers import ROOT, ImageHost, RedisServer, gateway_process
 from tests.tiny_models import build_siglip, build_siglip2
 
