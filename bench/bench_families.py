@@ -73,7 +73,7 @@ if str(ROOT) not in sys.path:
 
 from bench.bench_siglip import make_image  # noqa: E402
 from bench.family_models import FAMILIES, Depth, ensure, ensure_tiny  # noqa: E402
-from bench.visrag_load import CpuMeter, engine_counters, engine_view, load_average  # noqa: E402
+from bench.machine_load import CpuMeter, engine_counters, engine_view, load_average  # noqa: E402
 from providers.base import EmbedOptions, Image, Item, Modality, Text  # noqa: E402
 from providers.local import LocalProvider  # noqa: E402
 from providers.registry import create_provider  # noqa: E402

@@ -64,6 +64,9 @@ from PIL import Image, ImageDraw, ImageFilter
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.machine_load import machine_busy_s, tree_cpu_s  # noqa: E402
+
 BENCH = ROOT / "bench"
 MODELS_DIR = BENCH / "models"
 RESULTS_DIR = BENCH / "results"
@@ -447,41 +450,6 @@ def percentile(values: Sequence[float], q: float) -> float:
     if not values:
         return float("nan")
     return float(np.percentile(np.asarray(values, dtype=np.float64), q))
-
-
-def _ticks(fields: Sequence[str]) -> float:
-    return sum(int(f) for f in fields) / os.sysconf("SC_CLK_TCK")
-
-
-def machine_busy_s() -> float:
-    """CPU seconds all cores spent busy (user, nice, system, irq, softirq, steal) since boot."""
-    with Path("/proc/stat").open() as stat:
-        fields = stat.readline().split()[1:]
-    return _ticks([fields[0], fields[1], fields[2], fields[5], fields[6], fields[7]])
-
-
-def tree_cpu_s(root: int) -> float:
-    """CPU seconds used by `root` and its descendants (dead children excluded)."""
-    parents: dict[int, int] = {}
-    times: dict[int, float] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        pid = int(entry.name)
-        parents[pid] = int(fields[1])
-        times[pid] = _ticks(fields[11:13])
-    total = 0.0
-    for pid, cpu in times.items():
-        node = pid
-        while node > 1 and node != root:
-            node = parents.get(node, 0)
-        if node == root:
-            total += cpu
-    return total
 
 
 class CpuMeter:

@@ -77,8 +77,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.machine_load import CpuMeter, engine_counters, engine_view, load_average  # noqa: E402
 from bench.visrag_inputs import PAGE_SIZE, data_uri, decoded, page_png, query_text  # noqa: E402
-from bench.visrag_load import CpuMeter, engine_counters, engine_view, load_average  # noqa: E402
 from bench.visrag_model_dir import REAL_LM_LAYERS, REAL_VISION_LAYERS, ensure, full_depth_parameters  # noqa: E402
 from bench.visrag_raw import (  # noqa: E402
     RawVisrag,

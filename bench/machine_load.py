@@ -1,10 +1,10 @@
-"""How busy the machine was while the VisRAG-Ret bench measured, and what the gateway says it did.
+"""How busy the machine was while a bench measured, and what the gateway says it did.
 
 Other sessions run tests on this 2-core machine, so every measurement records the CPU time that
 processes other than the bench and its children (the gateway) took meanwhile ("foreign load", in
 cores) and the load average; a disturbed measurement is repeated. The gateway's own counters
 (`/metrics`: inputs, batches, forward seconds) tell the mean batch and how busy its forward was.
-The CPU accounting is bench_siglip.py's, kept here so this bench type-checks on its own.
+Shared by the SigLIP, VisRAG-Ret and family benches.
 """
 
 from __future__ import annotations
