@@ -6,7 +6,8 @@ extended schema, `{"image": "data:<mime>;base64,..."}`, and, with `fuses_parts`,
 item as `{"content": [{"text": ...}, {"image": ...}]}`. Query / document reaches the upstream as a
 body field (`input_type_field`, e.g. `input_type` for this gateway) or as a text prefix
 (`query_prefix` / `document_prefix`, e.g. "query: " for e5 models on TEI or vLLM).
-Without `dimensions`, `load()` learns the dimension with one probe call.
+Without `dimensions`, `load()` learns the dimension with one probe call. Vectors are asked for as
+base64 (`encoding_format`), as the openai SDK does by default; an answer in floats is read as well.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, model_validator
@@ -42,6 +43,11 @@ class OpenAICompatOptions(HttpOptions):
     max_request_tokens: int | None = Field(default=300_000, ge=1, description="OpenAI's cap per request.")
     fuses_parts: bool = Field(default=False, description="The upstream fuses interleaved items (this gateway).")
     send_dimensions: bool = Field(default=False, description="Ask the upstream for `dimensions` (Matryoshka).")
+    encoding_format: Literal["base64", "float"] = Field(
+        default="base64",
+        description="How vectors come back: base64 float32 (the openai SDK's own default, so any server that "
+        "works with the SDK takes it) is exact and ~3x cheaper to read than float JSON.",
+    )
     input_type_field: str | None = Field(default=None, description="Body field for query/document, e.g. input_type.")
     query_prefix: str | None = Field(default=None, description="Prepended to query texts, e.g. 'query: '.")
     document_prefix: str | None = Field(default=None, description="Prepended to document texts, e.g. 'passage: '.")
@@ -108,7 +114,11 @@ class OpenAICompatWire:
         return parts[0].get("text", parts[0])
 
     def body(self, fragments: Sequence[Any], options: EmbedOptions) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": self.options.model, "input": list(fragments), "encoding_format": "float"}
+        body: dict[str, Any] = {
+            "model": self.options.model,
+            "input": list(fragments),
+            "encoding_format": self.options.encoding_format,
+        }
         if self.options.send_dimensions:
             body["dimensions"] = self.options.dimensions
         if self.options.input_type_field and options.input_type is not None:

@@ -89,6 +89,14 @@ class Canned:
         return self.body is not None or self.status != 200
 
 
+def as_floats(answer: dict[str, Any]) -> dict[str, Any]:
+    """The answer with any base64 vectors written as float lists, for the mutations below to edit."""
+    for row in answer["data"]:
+        if isinstance(row["embedding"], str):
+            row["embedding"] = np.frombuffer(base64.b64decode(row["embedding"]), "<f4").tolist()
+    return answer
+
+
 def drop_last_vector(answer: dict[str, Any]) -> dict[str, Any]:
     """One vector fewer than inputs."""
     answer["data"].pop()
@@ -97,20 +105,20 @@ def drop_last_vector(answer: dict[str, Any]) -> dict[str, Any]:
 
 def shorten_vectors(answer: dict[str, Any]) -> dict[str, Any]:
     """Every vector one dimension short."""
-    for row in answer["data"]:
+    for row in as_floats(answer)["data"]:
         row["embedding"] = row["embedding"][:-1]
     return answer
 
 
 def nan_in_first(answer: dict[str, Any]) -> dict[str, Any]:
     """A NaN in the first vector, written as the bare `NaN` Python's json emits (not JSON)."""
-    answer["data"][0]["embedding"][0] = float("nan")
+    as_floats(answer)["data"][0]["embedding"][0] = float("nan")
     return answer
 
 
 def nan_as_base64_in_first(answer: dict[str, Any]) -> dict[str, Any]:
     """The first vector as base64 float32 holding a NaN (valid JSON, so the vector check must catch it)."""
-    vector = np.asarray(answer["data"][0]["embedding"], "<f4")
+    vector = np.asarray(as_floats(answer)["data"][0]["embedding"], "<f4")
     vector[0] = np.nan
     answer["data"][0]["embedding"] = base64.b64encode(vector.tobytes()).decode()
     return answer
@@ -118,7 +126,7 @@ def nan_as_base64_in_first(answer: dict[str, Any]) -> dict[str, Any]:
 
 def zero_first(answer: dict[str, Any]) -> dict[str, Any]:
     """An all-zero first vector, which no normalisation can rescue."""
-    answer["data"][0]["embedding"] = [0.0] * len(answer["data"][0]["embedding"])
+    answer["data"][0]["embedding"] = [0.0] * len(as_floats(answer)["data"][0]["embedding"])
     return answer
 
 
@@ -594,7 +602,8 @@ class OpenAIFake(FakeUpstream):
     `vllm-legacy` (`{"object": "error", "message", "type", "param", "code"}`) and `tei`
     (`{"error": "...", "error_type": "Validation"}`, 413 over `max_batch`, 422 for bad input).
     `images`: also take this gateway's `{"image": data URI}` and `{"content": [...]}` items.
-    `extra_fields`: body fields beyond OpenAI's (e.g. {"input_type"}); `input_type` sets the role."""
+    `extra_fields`: body fields beyond OpenAI's (e.g. {"input_type"}); `input_type` sets the role.
+    `ignores_encoding`: answers floats even when asked for base64 (an old server)."""
 
     def __init__(
         self,
@@ -606,9 +615,11 @@ class OpenAIFake(FakeUpstream):
         images: bool = False,
         extra_fields: Sequence[str] = (),
         max_batch: int = 2048,
+        ignores_encoding: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.ignores_encoding = ignores_encoding
         self.flavor, self.model, self.dimension, self.flexible = flavor, model, dimension, flexible
         self.images, self.extra_fields, self.max_batch = images, set(extra_fields), max_batch
 
@@ -662,7 +673,7 @@ class OpenAIFake(FakeUpstream):
             keys.append(item_key(parts, role))
             tokens += sum(fake_tokens(v) if k == "text" else 1 for k, v in parts)
         rows = self._rows(keys, dimension)
-        if encoding == "base64":
+        if encoding == "base64" and not self.ignores_encoding:
             for row in rows:
                 row["embedding"] = base64.b64encode(np.asarray(row["embedding"], "<f4").tobytes()).decode()
         return {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 from typing import Any
 
@@ -65,6 +66,24 @@ def test_matryoshka_dimensions_truncate_and_renormalise(gateway_url: str) -> Non
     head = full[:, :16] / np.linalg.norm(full[:, :16], axis=1, keepdims=True)
     np.testing.assert_allclose(short, head, atol=1e-6)
     np.testing.assert_allclose(embed(32), full, atol=1e-7)  # its own dimension is always allowed
+
+
+def test_float_answers_are_the_float32_vectors_in_their_shortest_form(gateway_url: str) -> None:
+    """Each number in a float answer parses back to exactly the float32 the base64 answer carries,
+    written as float32's shortest decimal (as OpenAI writes them), not the 17 digits of its float64."""
+    texts = ["a cat", "a dog", "a photo of seven bridges"]
+
+    def embed(encoding_format: str) -> list[Any]:
+        body = {"model": "siglip-tiny", "input": texts, "encoding_format": encoding_format}
+        response = httpx.post(f"{gateway_url}/v1/embeddings", json=body)
+        assert response.status_code == 200, response.text
+        return [row["embedding"] for row in response.json()["data"]]
+
+    exact = np.stack([np.frombuffer(base64.b64decode(row), "<f4") for row in embed("base64")])
+    floats = embed("float")
+    np.testing.assert_array_equal(np.array(floats, dtype=np.float32), exact)
+    for row, want in zip(floats, exact, strict=True):
+        assert [repr(number) for number in row] == [str(value) for value in want]  # numpy's shortest float32
 
 
 @pytest.mark.parametrize(("field", "value"), [("input_type", "query"), ("task", "retrieval.passage"), ("user", "u1")])

@@ -247,6 +247,8 @@ async def test_unreachable_upstream_is_a_provider_error() -> None:
         (Canned(mutate=zero_first), "zero vector"),
         (Canned(body={"data": [{"index": 0, "embedding": [1.0]}, {"index": 0, "embedding": [1.0]}]}), "index"),
         (Canned(body={"data": [{"index": 0, "embedding": "x"}, {"index": 1, "embedding": ["a"]}]}), "numbers"),
+        (Canned(body={"data": [{"index": i, "embedding": "AAAAAAA="} for i in range(2)]}), "numbers"),  # 5 bytes
+        (Canned(body={"data": [{"index": 0, "embedding": "AACAPw=="}, {"embedding": "AACAPw=="}]}), "64"),
     ],
 )
 async def test_bad_answers_are_provider_errors(fake: OpenAIFake, canned: Canned, message: str) -> None:

@@ -56,10 +56,28 @@ async def test_plain_texts_body_and_headers(vllm: OpenAIFake) -> None:
     assert request.path == "/v1/embeddings"
     assert "authorization" not in request.headers  # no key needed away from api.openai.com
     assert request.headers["content-type"] == "application/json"
-    assert request.body == {"model": "BAAI/bge-m3", "input": ["first", "second"], "encoding_format": "float"}
+    assert request.body == {"model": "BAAI/bge-m3", "input": ["first", "second"], "encoding_format": "base64"}
     np.testing.assert_allclose(result.vectors[1], expected([("text", "second")], None, 32), atol=1e-6)
     assert result.usage is not None
     assert result.usage.billed_tokens == sum(result.item_tokens) == 2 + 2
+
+
+async def test_float_answers_when_asked_for_and_when_base64_is_ignored(vllm: OpenAIFake) -> None:
+    """`encoding_format: float` for an upstream that refuses base64; an upstream that ignores the
+    field and answers floats anyway is read the same. Both give the vectors the base64 call gives."""
+    async with running(provider(vllm)) as p:
+        exact = (await p.embed(texts("first", "second"), EmbedOptions())).vectors
+    async with running(provider(vllm, encoding_format="float")) as p:
+        asked = (await p.embed(texts("first", "second"), EmbedOptions())).vectors
+    assert [body["encoding_format"] for body in vllm.bodies()] == ["base64", "float"]
+    with OpenAIFake("tei", model="BAAI/bge-m3", dimension=32, ignores_encoding=True) as tei:
+        async with running(provider(tei)) as p:
+            ignored = (await p.embed(texts("first", "second"), EmbedOptions())).vectors
+        assert tei.bodies()[0]["encoding_format"] == "base64"
+    want = np.stack([expected([("text", t)], None, 32) for t in ("first", "second")])
+    for got in (exact, asked, ignored):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    np.testing.assert_array_equal(exact, want.astype(np.float32))  # base64 is exact
 
 
 async def test_prefixes_carry_query_and_document() -> None:
@@ -93,7 +111,7 @@ async def test_gateway_kind_sends_images_interleaved_items_input_type_and_dimens
     assert gateway.requests[0].body == {
         "model": "jina-clip-v2",
         "input": ["a", {"image": uri}, {"content": [{"text": "b"}, {"image": uri}]}],
-        "encoding_format": "float",
+        "encoding_format": "base64",
         "dimensions": 16,
         "input_type": "document",
     }
@@ -113,7 +131,7 @@ def test_the_dimension_is_probed_when_not_configured(vllm: OpenAIFake) -> None:
     p = provider(vllm, dimensions=None)
     p.load()
     assert p.info.dimension == 32
-    assert vllm.bodies() == [{"model": "BAAI/bge-m3", "input": ["probe"], "encoding_format": "float"}]
+    assert vllm.bodies() == [{"model": "BAAI/bge-m3", "input": ["probe"], "encoding_format": "base64"}]
     vllm.script(Canned(500, {"error": {"message": "engine dead"}}))
     with pytest.raises(ModelLoadError, match="engine dead; set `dimensions`"):
         provider(vllm, dimensions=None).load()
