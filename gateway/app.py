@@ -183,6 +183,7 @@ def create_app(
             for deployment in deployments:
                 await deployment.provider.close()
             await images.aclose()
+            await cache.drain()  # vectors already computed are stored before the store closes
             await store.aclose()
             await ledger.aclose()
 

@@ -6,6 +6,11 @@ and whether an image came by URL or inline do not enter it. A value is 8 bytes o
 own digest (so a value copied under another key is refused), the item's token count (usage
 is the same whether an item was cached or not) and the little-endian float32 vector. A value
 of the wrong length, bound to another key, non-finite or not of unit length is a miss.
+
+Stores are written behind: computed vectors go back to the client at once and are written
+right after (the answer does not wait for the store's round trip). Until a write lands its keys
+stay joinable in process, so a request arriving meanwhile is served the computed vectors rather
+than computing them again; shutdown waits for the writes (`drain`).
 """
 
 from __future__ import annotations
@@ -111,12 +116,13 @@ Computed = tuple[Vectors, list[int]]
 
 
 class _Flight:
-    """One in-progress computation that several requests may wait for."""
+    """One in-progress computation that several requests may wait for, joinable until stored."""
 
     def __init__(self, keys: list[str]) -> None:
         self.keys = keys
         self.waiters = 0
         self.task: asyncio.Task[Computed] | None = None
+        self.writing: asyncio.Task[None] | None = None
 
 
 class VectorCache:
@@ -126,6 +132,7 @@ class VectorCache:
         self.store = store
         self.prefix = prefix
         self._in_flight: dict[str, tuple[_Flight, int]] = {}
+        self._writing: set[asyncio.Task[None]] = set()
         self.hits = 0
         self.misses = 0
 
@@ -233,20 +240,40 @@ class VectorCache:
         return joined, mine
 
     def _start(self, mine: dict[str, list[int]], compute: Compute, *, store: bool) -> _Flight:
-        """Compute (and store) the given keys; they stay joinable until stored, so none is computed twice."""
+        """Compute (and store, behind) the given keys; they stay joinable until stored, so none is
+        computed twice."""
         flight = _Flight(list(mine))
 
         async def run() -> Computed:
             vectors, tokens = await compute([indices[0] for indices in mine.values()])
             if store:
-                await self._store({k: encode_vector(k, vectors[p], tokens[p]) for p, k in enumerate(flight.keys)})
+                flight.writing = asyncio.ensure_future(self._write(flight.keys, vectors, tokens))
             return vectors, tokens
 
         flight.task = asyncio.ensure_future(run())
         for position, key in enumerate(flight.keys):
             self._in_flight[key] = (flight, position)
-        flight.task.add_done_callback(lambda _: self._land(flight))
+        flight.task.add_done_callback(lambda _: self._computed(flight))
         return flight
+
+    async def _write(self, keys: list[str], vectors: Vectors, tokens: list[int]) -> None:
+        """Encode and store a flight's vectors, after its waiters have been answered."""
+        await asyncio.sleep(0)  # let the answer go out first: it is ready in this same loop turn
+        await self._store({key: encode_vector(key, vectors[p], tokens[p]) for p, key in enumerate(keys)})
+
+    def _computed(self, flight: _Flight) -> None:
+        """A flight that failed lands now; one that computed lands when its vectors are stored."""
+        writing = flight.writing
+        if writing is None or writing.done():
+            self._land(flight)
+            return
+        self._writing.add(writing)
+        writing.add_done_callback(lambda task: (self._writing.discard(task), self._land(flight)))
+
+    async def drain(self) -> None:
+        """Wait until every vector computed so far is stored (at shutdown, before the store closes)."""
+        while self._writing:
+            await asyncio.wait(list(self._writing))
 
     def _land(self, flight: _Flight) -> None:
         for key in flight.keys:

@@ -126,6 +126,7 @@ async def test_corrupt_or_wrong_length_value_is_a_miss(cache: VectorCache, corru
     found = await cache.get_or_compute(key, DIMENSION, computer, CachePolicy())
     assert found.misses == 1
     np.testing.assert_array_equal(found.vectors[0], vector_for("c"))
+    await cache.drain()
     assert await cache.store.get_many(key) == [encode_vector(key[0], vector_for("c"), 1)]  # repaired
 
 
@@ -163,6 +164,44 @@ def test_key_depends_on_space_options_dimensions_and_content_only() -> None:
     assert item_key("p:", "s", EmbedOptions(), None, ResolvedItem((Text("a"), image))) != item_key(
         "p:", "s", EmbedOptions(), None, ResolvedItem((image, Text("a")))
     )
+
+
+class GatedStore(MemoryStore):
+    """Writes wait for `opened`: a slow Redis, held still."""
+
+    def __init__(self) -> None:
+        super().__init__(1 << 20)
+        self.opened = asyncio.Event()
+        self.writes = 0
+
+    async def set_many(self, entries: Mapping[str, bytes]) -> None:
+        self.writes += 1
+        await self.opened.wait()
+        await super().set_many(entries)
+
+
+async def test_answers_do_not_wait_for_the_store_and_pending_writes_are_joined_and_drained() -> None:
+    store = GatedStore()
+    cache = VectorCache(store)
+    computer = Computer(["a", "b"])
+    first = await asyncio.wait_for(cache.get_or_compute(keys_for(["a", "b"]), DIMENSION, computer, CachePolicy()), 1)
+    await asyncio.sleep(0.01)
+    assert store.writes == 1  # the write started after the answer and is still held
+    assert await store.get_many(keys_for(["a"])) == [None]
+    again = await cache.get_or_compute(keys_for(["b", "a"]), DIMENSION, Computer(["b", "a"]), CachePolicy())
+    assert (again.hits, again.misses) == (2, 0)  # joined the flight whose write is pending: nothing computed
+    np.testing.assert_array_equal(again.vectors, first.vectors[::-1])
+    drained = asyncio.create_task(cache.drain())
+    await asyncio.sleep(0.01)
+    assert not drained.done()  # drain waits for the write
+    store.opened.set()
+    await asyncio.wait_for(drained, 1)
+    assert await store.get_many(keys_for(["a", "b"])) == [
+        encode_vector(key, vector_for(text), 1) for key, text in zip(keys_for(["a", "b"]), "ab", strict=True)
+    ]
+    later = Computer(["a"])
+    assert (await cache.get_or_compute(keys_for(["a"]), DIMENSION, later, CachePolicy())).hits == 1
+    assert later.calls == []
 
 
 class BrokenStore(MemoryStore):
