@@ -149,7 +149,7 @@ def create_app(
         tokens = TokenDecoder(settings.token_encoding, load_timeout_s=token_load_timeout_s)
         resolver = InputResolver(images, tokens, settings.limits)
         store = build_store(settings)
-        cache = VectorCache(store, prefix=settings.cache.key_prefix)
+        cache = VectorCache(store, prefix=settings.cache.key_prefix, write_delay_s=settings.cache.write_delay_ms / 1000)
         ledger = build_ledger(settings)
         dispatcher = Dispatcher(ledger)
         app.state.service = EmbeddingService(Router(served), resolver, cache, settings.limits, dispatcher)

@@ -7,10 +7,11 @@ own digest (so a value copied under another key is refused), the item's token co
 is the same whether an item was cached or not) and the little-endian float32 vector. A value
 of the wrong length, bound to another key, non-finite or not of unit length is a miss.
 
-Stores are written behind: computed vectors go back to the client at once and are written
-right after (the answer does not wait for the store's round trip). Until a write lands its keys
-stay joinable in process, so a request arriving meanwhile is served the computed vectors rather
-than computing them again; shutdown waits for the writes (`drain`).
+Stores are written behind: computed vectors go back to the client at once; the vectors of every
+request computed within `write_delay_s` are then stored in one write (one command to Redis, not
+one per request: at 16 clients, dozens). Until its write lands a vector stays joinable in process,
+so a request arriving meanwhile is served it rather than computing it again; more than
+`WRITE_BATCH_MAX` entries waiting are written at once; shutdown writes what waits (`drain`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ KEY_VERSION = "v2"  # v2: values bound to their key and carrying tokens; 16-bit 
 BINDING = 8
 HEADER = BINDING + 4
 NORM_TOLERANCE = 1e-3
+WRITE_BATCH_MAX = 512
+"""Entries waiting for a write that make it go at once: a bound on the vectors held for writing."""
 logger = logging.getLogger(__name__)
 
 
@@ -122,16 +125,21 @@ class _Flight:
         self.keys = keys
         self.waiters = 0
         self.task: asyncio.Task[Computed] | None = None
-        self.writing: asyncio.Task[None] | None = None
+        self.queued = False
+        """Computed and waiting for (or in) a write: it lands when the write does."""
 
 
 class VectorCache:
     """Looks items up, computes only the misses (once, however many requests want them), stores."""
 
-    def __init__(self, store: VectorStore, *, prefix: str = "emb:") -> None:
+    def __init__(self, store: VectorStore, *, prefix: str = "emb:", write_delay_s: float = 0.0) -> None:
         self.store = store
         self.prefix = prefix
+        self.write_delay_s = write_delay_s
         self._in_flight: dict[str, tuple[_Flight, int]] = {}
+        self._queue: list[tuple[_Flight, Computed]] = []
+        self._queued_entries = 0
+        self._flush_timer: asyncio.TimerHandle | None = None
         self._writing: set[asyncio.Task[None]] = set()
         self.hits = 0
         self.misses = 0
@@ -245,33 +253,56 @@ class VectorCache:
         flight = _Flight(list(mine))
 
         async def run() -> Computed:
-            vectors, tokens = await compute([indices[0] for indices in mine.values()])
-            if store:
-                flight.writing = asyncio.ensure_future(self._write(flight.keys, vectors, tokens))
-            return vectors, tokens
+            computed = await compute([indices[0] for indices in mine.values()])
+            if store:  # no await from here to the return: a queued flight is never cancelled
+                self._enqueue(flight, computed)
+            return computed
 
         flight.task = asyncio.ensure_future(run())
         for position, key in enumerate(flight.keys):
             self._in_flight[key] = (flight, position)
-        flight.task.add_done_callback(lambda _: self._computed(flight))
+        flight.task.add_done_callback(lambda _: None if flight.queued else self._land(flight))
         return flight
 
-    async def _write(self, keys: list[str], vectors: Vectors, tokens: list[int]) -> None:
-        """Encode and store a flight's vectors, after its waiters have been answered."""
-        await asyncio.sleep(0)  # let the answer go out first: it is ready in this same loop turn
-        await self._store({key: encode_vector(key, vectors[p], tokens[p]) for p, key in enumerate(keys)})
+    def _enqueue(self, flight: _Flight, computed: Computed) -> None:
+        """Queue a flight's vectors for the next write, which goes after `write_delay_s` (or at once
+        when the queue is full); the answers to its waiters go out first either way."""
+        flight.queued = True
+        self._queue.append((flight, computed))
+        self._queued_entries += len(flight.keys)
+        if self._queued_entries >= WRITE_BATCH_MAX:
+            self._flush()
+        elif self._flush_timer is None:
+            self._flush_timer = asyncio.get_running_loop().call_later(self.write_delay_s, self._flush)
 
-    def _computed(self, flight: _Flight) -> None:
-        """A flight that failed lands now; one that computed lands when its vectors are stored."""
-        writing = flight.writing
-        if writing is None or writing.done():
-            self._land(flight)
+    def _flush(self) -> None:
+        """Start one write of everything queued; its flights land when it is done."""
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        batch, self._queue, self._queued_entries = self._queue, [], 0
+        if not batch:
             return
+        writing = asyncio.ensure_future(self._write(batch))
         self._writing.add(writing)
-        writing.add_done_callback(lambda task: (self._writing.discard(task), self._land(flight)))
+        writing.add_done_callback(lambda task: self._written(task, batch))
+
+    async def _write(self, batch: list[tuple[_Flight, Computed]]) -> None:
+        await asyncio.sleep(0)  # a write made full by a request goes after that request's answer
+        entries: dict[str, bytes] = {}
+        for flight, (vectors, tokens) in batch:
+            for position, key in enumerate(flight.keys):
+                entries[key] = encode_vector(key, vectors[position], tokens[position])
+        await self._store(entries)
+
+    def _written(self, task: asyncio.Task[None], batch: list[tuple[_Flight, Computed]]) -> None:
+        self._writing.discard(task)
+        for flight, _ in batch:
+            self._land(flight)
 
     async def drain(self) -> None:
-        """Wait until every vector computed so far is stored (at shutdown, before the store closes)."""
+        """Write what is queued now and wait for every write (at shutdown, before the store closes)."""
+        self._flush()
         while self._writing:
             await asyncio.wait(list(self._writing))
 

@@ -274,6 +274,13 @@ class CacheSettings(BaseModel):
     redis_retry_after_s: float = Field(
         default=1.0, ge=0, description="Pause before trying Redis again after a failure."
     )
+    write_delay_ms: float = Field(
+        default=5.0,
+        ge=0,
+        le=1000,
+        description="Computed vectors are stored after the answer, gathered for up to this long into one "
+        "write (until then they are served from the process). 0: one write per request, right after it.",
+    )
 
 
 class Settings(BaseSettings):

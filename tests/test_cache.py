@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 import numpy as np
 import pytest
 
-from gateway.cache import CachePolicy, VectorCache, encode_vector, item_key
+from gateway.cache import WRITE_BATCH_MAX, CachePolicy, VectorCache, encode_vector, item_key
 from gateway.errors import InvalidRequest
 from gateway.images import EncodedImage
 from gateway.inputs import ResolvedItem
@@ -204,6 +204,51 @@ async def test_answers_do_not_wait_for_the_store_and_pending_writes_are_joined_a
     assert later.calls == []
 
 
+class CountingStore(MemoryStore):
+    """Records every write: how many calls, and the keys of each."""
+
+    def __init__(self) -> None:
+        super().__init__(1 << 20)
+        self.written: list[list[str]] = []
+
+    async def set_many(self, entries: Mapping[str, bytes]) -> None:
+        self.written.append(list(entries))
+        await super().set_many(entries)
+
+
+async def test_requests_computed_within_the_write_delay_are_stored_in_one_write() -> None:
+    store = CountingStore()
+    cache = VectorCache(store, write_delay_s=0.2)
+    texts = [f"t{i}" for i in range(5)]
+    results = await asyncio.gather(
+        *(cache.get_or_compute(keys_for([t]), DIMENSION, Computer([t]), CachePolicy()) for t in texts)
+    )
+    assert all(r.misses == 1 for r in results)
+    await cache.get_or_compute(keys_for(["t5", "t6"]), DIMENSION, Computer(["t5", "t6"]), CachePolicy())
+    assert store.written == []  # answered, not yet written: still served from the flights
+    again = Computer(texts)
+    assert (await cache.get_or_compute(keys_for(texts), DIMENSION, again, CachePolicy())).hits == 5
+    assert again.calls == []
+    await asyncio.sleep(0.3)
+    assert [sorted(keys) for keys in store.written] == [sorted(keys_for([*texts, "t5", "t6"]))]  # one write
+    assert cache._in_flight == {}  # every flight landed with its write
+
+
+async def test_a_full_write_queue_is_written_at_once_and_drain_writes_the_rest() -> None:
+    store = CountingStore()
+    cache = VectorCache(store, write_delay_s=60)
+    many = [f"m{i}" for i in range(WRITE_BATCH_MAX)]
+    await cache.get_or_compute(keys_for(many), DIMENSION, Computer(many), CachePolicy())
+    await asyncio.sleep(0.01)
+    assert len(store.written) == 1  # WRITE_BATCH_MAX entries waiting: written without the minute's wait
+    await cache.get_or_compute(keys_for(["late"]), DIMENSION, Computer(["late"]), CachePolicy())
+    await asyncio.sleep(0.01)
+    assert len(store.written) == 1
+    await asyncio.wait_for(cache.drain(), 1)
+    assert store.written[1] == keys_for(["late"])
+    assert await store.get_many(keys_for(["late"])) == [encode_vector(keys_for(["late"])[0], vector_for("late"), 4)]
+
+
 class BrokenStore(MemoryStore):
     """A backend that breaks the no-raise promise on every call, as a buggy client library might."""
 
@@ -227,6 +272,7 @@ async def test_a_store_that_raises_costs_a_miss_not_the_request(
     found = await cache.get_or_compute(keys_for(["x", "y"]), DIMENSION, computer, CachePolicy())
     assert (found.hits, found.misses) == (0, 2)
     np.testing.assert_array_equal(found.vectors, np.stack([vector_for("x"), vector_for("y")]))
+    await cache.drain()  # the store is written after the answer
     logged = [r.getMessage() for r in caplog.records if r.name == "gateway.cache"]
     assert len(logged) == 2
     assert logged[0].startswith("cache lookup")

@@ -199,14 +199,27 @@ def test_redis_killed_under_load_then_restarted(
     assert cache_counts(embed(cached_gateway, {"input": "resumed caching"})) == (1, 0)
 
 
+def wait_for_keys(client: redis.Redis, count: int, timeout_s: float = 5.0) -> None:
+    """Vectors are written after the answer (within `cache.write_delay_ms`): wait until they are."""
+    deadline = time.monotonic() + timeout_s
+    while len(client.keys("t:*")) < count:
+        assert time.monotonic() < deadline, f"fewer than {count} keys written in {timeout_s} s"
+        time.sleep(0.01)
+
+
 def test_flushed_redis_and_corrupt_values_are_misses(cached_gateway: str, shared_redis: RedisServer) -> None:
     body = {"input": ["flush me", "corrupt me"], "encoding_format": "float"}
-    original = vectors(embed(cached_gateway, body))
     client = redis.Redis.from_url(shared_redis.url)
+    client.flushall()
+    time.sleep(0.1)  # an earlier test's write still waiting lands now (`write_delay_ms`: 5), not below
+    client.flushall()
+    original = vectors(embed(cached_gateway, body))
+    wait_for_keys(client, 2)
     client.flushall()
     after_flush = embed(cached_gateway, body)
     assert cache_counts(after_flush) == (0, 2)
     np.testing.assert_array_equal(vectors(after_flush), original)
+    wait_for_keys(client, 2)
     for key in client.keys("t:*"):
         client.set(key, b"garbage")
     repaired = embed(cached_gateway, body)
