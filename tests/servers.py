@@ -8,6 +8,7 @@ import socketserver
 import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -134,17 +135,36 @@ def gateway_process(config: dict[str, Any], workdir: Path, env: dict[str, str] |
 
 
 class RedisServer:
-    """A private `redis-server` on a free port, which a test may kill and restart."""
+    """A private `redis-server` on a free port, which a test may kill and restart; optionally with a
+    password (`requirepass`) and a unix socket too."""
 
-    def __init__(self, workdir: Path, extra_args: list[str] | None = None, port: int | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        extra_args: list[str] | None = None,
+        port: int | None = None,
+        *,
+        password: str | None = None,
+        unix_socket: bool = False,
+    ) -> None:
         self.workdir = workdir
         self.extra_args = extra_args or []
         self.port = port or free_port()
+        self.password = password
+        # Short, under the system temp dir: a socket path may not exceed ~100 bytes, and tmp_path can.
+        self.socket_path = Path(tempfile.gettempdir()) / f"gateway-redis-{self.port}.sock" if unix_socket else None
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    @property
+    def unix_url(self) -> str:
+        assert self.socket_path is not None, "started without unix_socket=True"
+        auth = f":{self.password}@" if self.password else ""
+        return f"unix://{auth}{self.socket_path}"
 
     def start(self) -> None:
         self.process = subprocess.Popen(
@@ -160,6 +180,8 @@ class RedisServer:
                 "no",
                 "--dir",
                 str(self.workdir),
+                *(["--requirepass", self.password] if self.password else []),
+                *(["--unixsocket", str(self.socket_path), "--unixsocketperm", "700"] if self.socket_path else []),
                 *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
@@ -172,7 +194,7 @@ class RedisServer:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
                     sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
+                    if sock.recv(16).startswith((b"+PONG", b"-NOAUTH")):  # -NOAUTH: up, with a password
                         return
             except OSError:
                 time.sleep(0.05)
@@ -183,6 +205,8 @@ class RedisServer:
             self.process.kill()
             self.process.wait(timeout=10)
             self.process = None
+        if self.socket_path is not None:
+            self.socket_path.unlink(missing_ok=True)
 
 
 class RedisCluster:
