@@ -106,12 +106,18 @@ def check_vectors(result: EmbedResult, count: int, dimension: int) -> str | None
         return f"returned vectors of shape {vectors.shape}, expected ({count}, {dimension})"
     if result.item_tokens and len(result.item_tokens) != count:
         return f"reported {len(result.item_tokens)} token counts for {count} items"
-    squares = np.einsum("ij,ij->i", vectors, vectors, dtype=np.float64)
-    if count == 0 or (squares.min() >= SQUARES_LOW and squares.max() <= SQUARES_HIGH):  # NaN compares false
-        return None
+    if count == 1:  # the usual single miss: one dot product, compared in Python
+        row = vectors[0].astype(np.float64)  # a float32 sum of squares could overflow
+        square = float(row @ row)
+        if SQUARES_LOW <= square <= SQUARES_HIGH:  # NaN compares false
+            return None
+    else:
+        squares = np.einsum("ij,ij->i", vectors, vectors, dtype=np.float64)
+        if count == 0 or (squares.min() >= SQUARES_LOW and squares.max() <= SQUARES_HIGH):
+            return None
     if not np.isfinite(vectors).all():
         return "returned non-finite vectors"
-    norms = np.linalg.norm(vectors, axis=1)
+    norms = np.linalg.norm(vectors.astype(np.float64), axis=1)  # float32 squares could overflow
     if np.any(np.abs(norms - 1.0) > NORM_TOLERANCE):
         return "returned vectors that are not unit length"
     return None

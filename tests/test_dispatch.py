@@ -12,7 +12,7 @@ from gateway.canary import probe_image
 from gateway.config import BudgetSettings, ModelSettings
 from gateway.context import RequestContext
 from gateway.deployments import Deployment
-from gateway.dispatch import Dispatcher
+from gateway.dispatch import Dispatcher, check_vectors
 from gateway.errors import BadGateway, InsufficientQuota, RateLimited, ServiceUnavailable
 from gateway.ledger import MemoryLedger
 from gateway.router import ServedModel, SpaceMismatch
@@ -246,3 +246,28 @@ def _today() -> list[Any]:
     from datetime import UTC, datetime
 
     return [datetime.now(UTC).date()]
+
+
+@pytest.mark.parametrize("count", [1, 3])
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        (np.nan, "non-finite"),
+        (np.inf, "non-finite"),
+        (1e30, "not unit length"),  # its float32 sum of squares overflows
+        (0.0, "not unit length"),
+        (0.5, "not unit length"),
+    ],
+)
+def test_wrong_vectors_are_refused_one_row_or_several(count: int, value: float, problem: str) -> None:
+    """One row takes a shorter check than several; both refuse the same vectors and pass good ones."""
+    good = np.full((count, 16), 0.25, np.float32)  # unit length: 16 x 0.25^2
+    assert check_vectors(EmbedResult(good), count, 16) is None
+    bad = good.copy()
+    bad[-1, 0] = value
+    if value == 0.0:
+        bad[-1] = 0.0
+    if value == 0.5:
+        bad[-1] = 0.5
+    reason = check_vectors(EmbedResult(bad), count, 16)
+    assert reason is not None and problem in reason

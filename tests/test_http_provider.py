@@ -5,6 +5,7 @@ OpenAI-compatible provider against a real fake server on 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import email.utils
 import logging
 import time
@@ -233,6 +234,30 @@ async def test_unreachable_upstream_is_a_provider_error() -> None:
 
 
 # --- answers that must never become vectors ---
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [(np.nan, "NaN or infinite"), (np.inf, "NaN or infinite"), (0.0, "zero vector"), (1e30, None), (1e-30, None)],
+)
+async def test_a_one_vector_answer_gets_the_same_checks(fake: OpenAIFake, value: float, message: str | None) -> None:
+    """A single base64 vector takes a shorter path; out-of-range sums of squares still get the full checks."""
+    row = np.full(fake.dimension, value, np.float32)
+    row[0] = value * 2  # not all equal: the scaled result is checked, not just its norm
+    answer = {
+        "data": [{"index": 0, "embedding": base64.b64encode(row.tobytes()).decode()}],
+        "usage": {"total_tokens": 1},
+    }
+    fake.script(Canned(body=answer))
+    async with running(provider(fake)) as p:
+        if message is not None:
+            with pytest.raises(ProviderError, match=message):
+                await p.embed(texts("a"), EmbedOptions())
+            return
+        result = await p.embed(texts("a"), EmbedOptions())
+    want = row.astype(np.float64) / np.linalg.norm(row.astype(np.float64))
+    assert result.vectors.dtype == np.float32 and result.vectors.shape == (1, fake.dimension)
+    np.testing.assert_allclose(result.vectors[0], want, rtol=1e-6)
 
 
 @pytest.mark.parametrize(
