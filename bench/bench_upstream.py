@@ -16,7 +16,11 @@ embeddings API answers in tens of milliseconds) and is the throughput comparison
 
     bash bench/setup_litellm.sh   # once
     .venv/bin/python bench/bench_upstream.py [--seconds 3] [--rounds 2] [--latency-ms 20] [--only misses]
-        [--skip-gateway] [--skip-litellm] [--out bench/results/upstream.json]
+        [--skip-gateway] [--skip-litellm] [--baseline /tmp/base] [--out bench/results/upstream.json]
+
+`--baseline DIR` adds the gateway of another checkout (`git worktree add /tmp/base <commit>`) as one more
+target in the same interleaved rounds: this machine's speed drifts by 20-30% within an hour, so a change
+is best measured against its base side by side.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ MODEL = "fake-embed"
 DIMENSIONS = 256
 API_KEY = "sk-bench"
 REQUEST_TIMEOUT_S = 60.0
-DIRECT, GATEWAY, LITELLM = "direct", "gateway", "litellm"
+DIRECT, GATEWAY, LITELLM, BASELINE = "direct", "gateway", "litellm", "baseline"
 CLOCK_TICK_S = 1 / os.sysconf("SC_CLK_TCK")
 T = TypeVar("T")
 
@@ -115,11 +119,17 @@ class Target:
 
 @contextmanager
 def server_process(
-    command: list[str], ready_url: str, log_file: Path, env: dict[str, str] | None = None, timeout_s: float = 180
+    command: list[str],
+    ready_url: str,
+    log_file: Path,
+    env: dict[str, str] | None = None,
+    *,
+    timeout_s: float = 180,
+    cwd: Path = ROOT,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Run `command` until the block ends; yield it once `ready_url` answers 200 (or fail with its log)."""
     with log_file.open("wb") as log:
-        process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=log, stderr=log)
+        process = subprocess.Popen(command, cwd=cwd, env={**os.environ, **(env or {})}, stdout=log, stderr=log)
     try:
         deadline = time.monotonic() + timeout_s
         while True:
@@ -179,17 +189,23 @@ def start_upstream(stack: ExitStack, workdir: Path, latency_ms: float) -> Target
     return Target(DIRECT, port, [process.pid], " ".join(command))
 
 
-def start_gateway(stack: ExitStack, workdir: Path, upstream: Target, redis_port: int) -> Target:
+def start_gateway(
+    stack: ExitStack, workdir: Path, upstream: Target, redis_port: int, *, tree: Path = ROOT, name: str = GATEWAY
+) -> Target:
+    """This gateway, or (`tree`) the one in another checkout, run with this interpreter and venv."""
     port = free_port()
-    config = workdir / "gateway.yaml"
+    config = workdir / f"{name}.yaml"
     text = GATEWAY_CONFIG.format(port=port, redis_port=redis_port, upstream_port=upstream.port)
     config.write_text(text)
     command = [sys.executable, "-m", "gateway", "serve", "--config", str(config)]
-    env = {"TIKTOKEN_CACHE_DIR": os.environ.get("TIKTOKEN_CACHE_DIR", str(ROOT / ".cache" / "tiktoken"))}
+    env = {
+        "TIKTOKEN_CACHE_DIR": os.environ.get("TIKTOKEN_CACHE_DIR", str(ROOT / ".cache" / "tiktoken")),
+        "PYTHONPATH": str(tree),  # before the venv's editable install of this tree
+    }
     process = stack.enter_context(
-        server_process(command, f"http://127.0.0.1:{port}/ready", workdir / "gateway.log", env)
+        server_process(command, f"http://127.0.0.1:{port}/ready", workdir / f"{name}.log", env, cwd=tree)
     )
-    return Target(GATEWAY, port, process_tree(process.pid), " ".join(command), text)
+    return Target(name, port, process_tree(process.pid), f"(in {tree}) {' '.join(command)}", text)
 
 
 def start_litellm(stack: ExitStack, workdir: Path, upstream: Target, redis_port: int, venv: Path) -> Target:
@@ -590,6 +606,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--skip-gateway", action="store_true", help="measure the upstream direct and LiteLLM only")
     parser.add_argument("--skip-litellm", action="store_true")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="also run the gateway of another checkout (`git worktree add /tmp/base <commit>`), interleaved",
+    )
     parser.add_argument("--litellm-venv", type=Path, default=ROOT / ".venv-litellm")
     parser.add_argument("--latency-ms", type=float, default=0.0, help="the fake upstream's delay per answer")
     parser.add_argument("--client", choices=["raw", "httpx"], default="raw", help="the load generator's HTTP client")
@@ -614,6 +635,8 @@ def main() -> None:
             targets = [upstream]
             if not args.skip_gateway:
                 targets.append(start_gateway(stack, workdir, upstream, redis.port))
+            if args.baseline is not None:
+                targets.append(start_gateway(stack, workdir, upstream, redis.port, tree=args.baseline, name=BASELINE))
             if not args.skip_litellm:
                 targets.append(start_litellm(stack, workdir, upstream, redis.port, args.litellm_venv))
             check_vectors(targets)

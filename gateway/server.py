@@ -1,99 +1,23 @@
-"""uvicorn's HTTP protocol with a read deadline per request, and one write per response.
+"""uvicorn's HTTP protocol with a read deadline per request.
 
 uvicorn bounds idle keep-alive connections but not a request being read: a client that sends
 its headers or body a byte at a time (slowloris) holds a connection and its buffers for as long
 as it likes. Here each request must arrive whole within `read_timeout_s` of its first byte (or
 of the connection opening), else the connection is closed.
-
-uvicorn writes a response's status line and headers as soon as the app starts the response, and
-its body in a second write: two syscalls and two TCP segments where one does (a socket write costs
-~30-40 us on a small VM, a tenth of a cached answer). Here the head is held and goes out with the
-first body bytes, in one write.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 logger = logging.getLogger(__name__)
 
 
-class _HeadCapture:
-    """Stands in for the transport while uvicorn writes a response's head: keeps the bytes."""
-
-    def __init__(self, transport: asyncio.Transport) -> None:
-        self.transport = transport
-        self.data = b""
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-
-    def is_closing(self) -> bool:
-        return self.transport.is_closing()
-
-    def close(self) -> None:
-        self.transport.close()
-
-
-class _HeadFirst:
-    """Stands in for the transport during the first body write: the held head goes with it."""
-
-    def __init__(self, transport: asyncio.Transport, head: bytes) -> None:
-        self.transport = transport
-        self.head: bytes | None = head
-
-    def write(self, data: bytes) -> None:
-        head, self.head = self.head, None
-        self.transport.write(head + data if head is not None else data)
-
-    def is_closing(self) -> bool:
-        return self.transport.is_closing()
-
-    def close(self) -> None:
-        if self.head is not None:
-            self.write(b"")
-        self.transport.close()
-
-
-def write_head_with_body(cycle: RequestResponseCycle) -> None:
-    """Make `cycle` send its response head in the same write as the first body bytes."""
-    send = cycle.send
-    held: bytes | None = None
-
-    async def send_head_with_body(message: Any) -> None:
-        nonlocal held
-        transport = cycle.transport
-        if message["type"] == "http.response.start" and not cycle.response_started:
-            capture = _HeadCapture(transport)
-            cycle.transport = capture  # type: ignore[assignment]
-            try:
-                await send(message)
-            finally:
-                cycle.transport = transport
-            held = capture.data
-            return
-        if held is None:
-            await send(message)
-            return
-        first = _HeadFirst(transport, held)
-        held = None
-        cycle.transport = first  # type: ignore[assignment]
-        try:
-            await send(message)
-        finally:
-            cycle.transport = transport
-            if first.head is not None and not transport.is_closing():  # nothing was written after all
-                transport.write(first.head)
-
-    cycle.send = send_head_with_body  # type: ignore[method-assign]
-
-
 class DeadlineHttpToolsProtocol(HttpToolsProtocol):
-    """HttpToolsProtocol whose request reading is bounded in time, writing each response once."""
+    """HttpToolsProtocol whose request reading is bounded in time."""
 
     read_timeout_s: float = 60.0
 
@@ -114,10 +38,6 @@ class DeadlineHttpToolsProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self._disarm()
         super().on_message_complete()
-
-    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
-        write_head_with_body(cycle)
-        super()._start_asgi_task(cycle, app)
 
     def _arm(self) -> None:
         if self._read_deadline is None:
