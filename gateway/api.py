@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from litestar import Request, Response, get, post, route
 from litestar.datastructures import State
 from litestar.enums import HttpMethod
 from litestar.exceptions import HTTPException
+from litestar.types import Receive
 
 from gateway.auth import KeyRing
 from gateway.cache import CachePolicy
@@ -29,15 +30,16 @@ PARSE_ON_LOOP_BYTES = 64 * 1024  # larger bodies are decoded and walked on a wor
 WATCH_AFTER_S = 0.005  # a request still working after this watches for its client leaving
 
 
-async def _until_disconnect(request: Request[Any, Any, Any]) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
+async def _until_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
         pass
 
 
-async def cancel_on_disconnect(request: Request[Any, Any, Any], work: Awaitable[T]) -> T:
+async def cancel_on_disconnect(receive: Receive, work: Awaitable[T], where: str = "") -> T:
     """Run `work` in this task, cancelling it (and so dropping its queued parts) if the client
-    disconnects. The watcher task starts only once the work has run `WATCH_AFTER_S`: a cache hit
-    or a fast upstream answer (well under a millisecond of work) never pays for one."""
+    disconnects (`receive`: the request's ASGI receive, its body already read). The watcher task
+    starts only once the work has run `WATCH_AFTER_S`: a cache hit or a fast upstream answer (well
+    under a millisecond of work) never pays for one."""
     current = asyncio.current_task()
     assert current is not None
     gone = False
@@ -45,7 +47,7 @@ async def cancel_on_disconnect(request: Request[Any, Any, Any], work: Awaitable[
 
     async def watch() -> None:
         nonlocal gone
-        await _until_disconnect(request)
+        await _until_disconnect(receive)
         gone = True
         current.cancel()
 
@@ -63,7 +65,7 @@ async def cancel_on_disconnect(request: Request[Any, Any, Any], work: Awaitable[
         if current.cancelling():  # the server is stopping: let the cancellation through
             raise
         # nobody cancelled this task: a bug below, answered as a retryable 503, not a bare 500
-        logger.exception("request work was cancelled from within on %s %s", request.method, request.url.path)
+        logger.exception("request work was cancelled from within on %s", where)
         raise ServiceUnavailable("The request was interrupted; retry it", code="interrupted") from None
     finally:
         timer.cancel()
@@ -71,29 +73,36 @@ async def cancel_on_disconnect(request: Request[Any, Any, Any], work: Awaitable[
             watcher.cancel()
 
 
-@post(["/v1/embeddings", "/embeddings"], status_code=200, media_type=JSON)
-async def create_embeddings(request: Request[Any, Any, State], state: State) -> Response[bytes]:
-    """OpenAI's `POST /v1/embeddings`, extended with image and interleaved inputs."""
+async def embeddings_answer(
+    state: State, header: Callable[[str], str | None], read_body: Callable[[], Awaitable[bytes]], receive: Receive
+) -> tuple[bytes, dict[str, str]]:
+    """`POST /v1/embeddings` from a request's headers and body to the answer's JSON and headers, for
+    the Litestar route and the bare ASGI endpoint (`gateway.embeddings_asgi`) alike."""
     service: EmbeddingService = state.service
-    headers = request.headers
     key_ring: KeyRing = state.key_ring
     rate_limiter: KeyRateLimiter = state.rate_limiter
-    key = key_ring.authenticate(headers.get("authorization"))  # before anything else is read
+    key = key_ring.authenticate(header("authorization"))  # before anything else is read
     await rate_limiter.hit(key)
     with service.admit():  # before the body is read: refusing overload must stay cheap
-        body = await request.body()
-        parse = functools.partial(
-            service.parse, body, headers.get("content-type", ""), headers.get("content-encoding", "")
-        )
+        body = await read_body()
+        parse = functools.partial(service.parse, body, header("content-type") or "", header("content-encoding") or "")
         parsed = await asyncio.to_thread(parse) if len(body) > PARSE_ON_LOOP_BYTES else parse()
-        context = RequestContext(key, CachePolicy.from_header(headers.get("cache-control")))
-        result = await cancel_on_disconnect(request, service.embed(parsed, context))
+        context = RequestContext(key, CachePolicy.from_header(header("cache-control")))
+        result = await cancel_on_disconnect(receive, service.embed(parsed, context), "POST /v1/embeddings")
     response_headers = {"X-Gateway-Cost-USD": f"{result.cost_usd:.9f}"}
     if result.deployments:
         response_headers["X-Gateway-Deployments"] = ",".join(result.deployments)
     if state.expose_cache_headers:
         response_headers |= {"X-Cache-Hits": str(result.cache_hits), "X-Cache-Misses": str(result.cache_misses)}
-    return Response(embedding_body(result, parsed.request.encoding_format), media_type=JSON, headers=response_headers)
+    return embedding_body(result, parsed.request.encoding_format), response_headers
+
+
+@post(["/v1/embeddings", "/embeddings"], status_code=200, media_type=JSON)
+async def create_embeddings(request: Request[Any, Any, State], state: State) -> Response[bytes]:
+    """OpenAI's `POST /v1/embeddings`, extended with image and interleaved inputs. Served by
+    `gateway.embeddings_asgi` in front of the router; this route documents it and answers other methods."""
+    body, headers = await embeddings_answer(state, request.headers.get, request.body, request.receive)
+    return Response(body, media_type=JSON, headers=headers)
 
 
 def _model_card(model: Any, created: int) -> dict[str, Any]:

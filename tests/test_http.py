@@ -137,7 +137,7 @@ def test_work_cancelled_from_within_is_a_retryable_503_not_a_bare_500() -> None:
 
     @post("/work", status_code=200)
     async def work(request: Request[Any, Any, Any]) -> dict[str, str]:
-        return await cancel_on_disconnect(request, interrupted())
+        return await cancel_on_disconnect(request.receive, interrupted())
 
     app = Litestar([work], exception_handlers=EXCEPTION_HANDLERS)
     with TestClient(app) as client:
