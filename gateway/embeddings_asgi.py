@@ -35,7 +35,7 @@ class ClientGone(Exception):
     """The client disconnected before its body arrived."""
 
 
-def _error(status: int, message: str, code: str, error_type: str = "invalid_request_error") -> bytes:
+def _error(message: str, code: str, error_type: str = "invalid_request_error") -> bytes:
     return orjson.dumps({"error": {"message": message, "type": error_type, "param": None, "code": code}})
 
 
@@ -70,12 +70,12 @@ class EmbeddingsEndpoint:
         except GatewayError as exc:
             status, body, extra = exc.status_code, orjson.dumps(exc.body()), exc.headers()
         except BodyTooLarge:
-            status, body = 413, _error(413, "Request Entity Too Large", "request_too_large")
+            status, body = 413, _error("Request Entity Too Large", "request_too_large")
         except ClientGone:
             return
         except Exception:
             logger.exception("unhandled error on POST %s", scope["path"])
-            status, body = 500, _error(500, "The server had an internal error", "internal_error", "server_error")
+            status, body = 500, _error("The server had an internal error", "internal_error", "server_error")
         response_headers = [
             (b"content-type", JSON.encode()),
             (b"content-length", str(len(body)).encode()),

@@ -3,14 +3,18 @@ limit, metrics, request ids, other methods and a client leaving mid-body, throug
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from litestar.datastructures import State
 
+from gateway.embeddings_asgi import EmbeddingsEndpoint
 from tests.conftest import gateway_config
 from tests.servers import gateway_process
 
@@ -100,3 +104,27 @@ def test_a_client_leaving_mid_body_costs_nothing(small_gateway: tuple[str, Path]
     assert httpx.post(f"{base}/v1/embeddings", json={"model": "siglip-tiny", "input": "a"}).status_code == 200
     log = "".join(path.read_text() for path in workdir.glob("gateway-*.log"))
     assert "Traceback" not in log
+
+
+async def test_an_unexpected_error_is_a_logged_500_in_the_envelope(caplog: pytest.LogCaptureFixture) -> None:
+    """A bug below the endpoint (here: a state without a service) answers OpenAI's error shape, not a bare 500."""
+    endpoint = EmbeddingsEndpoint(app=_unreachable, state=State({}), max_body_bytes=1024)
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope: Any = {"type": "http", "method": "POST", "path": "/v1/embeddings", "headers": [], "app": None}
+    await endpoint(scope, receive, send)  # type: ignore[arg-type]
+    assert sent[0]["status"] == 500
+    assert (b"content-type", b"application/json") in sent[0]["headers"]
+    error = json.loads(sent[1]["body"])["error"]
+    assert (error["code"], error["type"]) == ("internal_error", "server_error")
+    assert "unhandled error on POST /v1/embeddings" in caplog.text
+
+
+async def _unreachable(scope: Any, receive: Any, send: Any) -> None:
+    raise AssertionError("POST /v1/embeddings must not reach Litestar")
