@@ -1,6 +1,7 @@
-"""One keep-alive connection pool per upstream: `UpstreamPool` sends on aiohttp (`providers.http_aiohttp`),
-or on httpcore (httpx's own transport layer) when the environment names an HTTPS or SOCKS proxy, which
-aiohttp does not speak.
+"""One keep-alive connection pool per upstream: `UpstreamPool` sends to a plain `http://` URL reached
+without a proxy on `providers.http_direct` (asyncio protocols and httptools' parser: a local
+deployment's path), otherwise on aiohttp (`providers.http_aiohttp`), or on httpcore (httpx's own
+transport layer) when the environment names an HTTPS or SOCKS proxy, which aiohttp does not speak.
 
 A call through `httpx.AsyncClient` costs ~0.8 ms of CPU on top of the bytes it moves (URL merging,
 cookies, auth and redirect machinery, events, response decoders); the same POST on the httpcore pool
@@ -32,12 +33,13 @@ from providers.http_backend import StreamBackend
 
 if TYPE_CHECKING:
     from providers.http_aiohttp import AiohttpPool
+    from providers.http_direct import DirectPool
 
 KEEPALIVE_EXPIRY_S = 5.0  # httpx's default: an idle connection older than this is not reused
 ACCEPT_ENCODING = b"gzip, deflate"
 USER_AGENT = f"python-httpx/{httpx.__version__}".encode()
 AnyPool = httpcore.AsyncConnectionPool | httpcore.AsyncHTTPProxy | httpcore.AsyncSOCKSProxy
-Transport = Literal["auto", "aiohttp", "httpcore"]
+Transport = Literal["auto", "direct", "aiohttp", "httpcore"]
 DROPPED = (httpcore.RemoteProtocolError, httpcore.ReadError, httpcore.WriteError)
 """httpcore's words for a connection that broke before its answer ("Server disconnected without sending
 a response", a reset): sent once more, since an embeddings request is a pure function of its body."""
@@ -138,23 +140,33 @@ def decompress(content: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
 
 
 class UpstreamPool:
-    """POSTs bodies to one URL over a bounded pool of keep-alive connections: aiohttp's, or httpcore's
-    where the environment's proxy needs it (`transport` forces one, for tests and comparisons)."""
+    """POSTs bodies to one URL over a bounded pool of keep-alive connections: the direct pool for plain
+    http:// without a proxy, else aiohttp's, or httpcore's where the environment's proxy needs it
+    (`transport` forces one, for tests and comparisons)."""
 
     def __init__(
         self, url: str, headers: Mapping[str, str], *, max_connections: int, transport: Transport = "auto"
     ) -> None:
-        from providers.http_aiohttp import AiohttpPool  # it builds on this module's helpers
+        from providers.http_aiohttp import AiohttpPool  # they build on this module's helpers
+        from providers.http_direct import DirectPool
 
-        proxy = environment_proxy(httpx.URL(url))
+        parsed = httpx.URL(url)
+        proxy = environment_proxy(parsed)
         if transport == "auto":
-            transport = "aiohttp" if proxy is None or proxy.startswith("http://") else "httpcore"
+            if proxy is None:
+                transport = "direct" if parsed.scheme == "http" else "aiohttp"
+            else:
+                transport = "aiohttp" if proxy.startswith("http://") else "httpcore"
+        if transport == "direct" and proxy is not None:
+            raise ValueError("the direct pool does not go through a proxy")
         self.transport = transport
-        self.pool: AiohttpPool | HttpcorePool = (
-            AiohttpPool(url, headers, proxy, max_connections=max_connections)
-            if transport == "aiohttp"
-            else HttpcorePool(url, headers, proxy, max_connections=max_connections)
-        )
+        self.pool: DirectPool | AiohttpPool | HttpcorePool
+        if transport == "direct":
+            self.pool = DirectPool(url, headers, max_connections=max_connections)
+        elif transport == "aiohttp":
+            self.pool = AiohttpPool(url, headers, proxy, max_connections=max_connections)
+        else:
+            self.pool = HttpcorePool(url, headers, proxy, max_connections=max_connections)
 
     async def post(self, content: bytes, *, timeout_s: float, connect_timeout_s: float) -> Reply:
         """The answer to one POST of `content`; httpcore's errors (see the pools)."""

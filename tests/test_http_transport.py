@@ -1,8 +1,9 @@
-"""The upstream connection pools, one contract for both: aiohttp's (`providers/http_aiohttp.py`) and
-httpcore's on its lean asyncio backend (`providers/http_backend.py`), behind `UpstreamPool`
-(`providers/http_transport.py`): what reaches the server, keep-alive, pool limits, proxies and
-certificates from the environment, compressed answers, timeouts and errors, close. Against real
-servers on 127.0.0.1."""
+"""The upstream connection pools, one contract for all three: the direct pool for plain http://
+(`providers/http_direct.py`), aiohttp's (`providers/http_aiohttp.py`) and httpcore's on its lean
+asyncio backend (`providers/http_backend.py`), behind `UpstreamPool` (`providers/http_transport.py`):
+what reaches the server, keep-alive, pool limits, proxies and certificates from the environment
+(aiohttp and httpcore: the direct pool never takes them), compressed answers, timeouts and errors,
+close. Against real servers on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -25,10 +26,12 @@ from typing import Any
 import httpcore
 import httpx
 import pytest
+import uvloop
 
-from providers import http_backend
+from providers import http_backend, http_direct
 from providers.base import ProviderError
 from providers.http_aiohttp import AiohttpPool
+from providers.http_direct import DirectPool
 from providers.http_errors import UpstreamTransient, upstream_errors, upstream_message
 from providers.http_transport import HttpcorePool, Transport, UpstreamPool
 
@@ -113,14 +116,29 @@ async def serving(answer: Answer, *, tls: ssl.SSLContext | None = None, **option
         listener.close()
 
 
-TRANSPORTS: list[Transport] = ["aiohttp", "httpcore"]
+TRANSPORTS: list[Transport] = ["direct", "aiohttp", "httpcore"]
+PROXY_TRANSPORTS: list[Transport] = ["aiohttp", "httpcore"]
+"""The pools that go through proxies and speak TLS: the direct pool is for plain http:// only."""
 
 
 @pytest.fixture(params=TRANSPORTS)
 def transport(request: pytest.FixtureRequest) -> Transport:
-    """Each pool test runs on both pools."""
+    """Each pool test runs on every pool."""
     kind: Transport = request.param
     return kind
+
+
+@pytest.fixture(params=PROXY_TRANSPORTS)
+def proxy_transport(request: pytest.FixtureRequest) -> Transport:
+    kind: Transport = request.param
+    return kind
+
+
+@pytest.fixture(scope="module", params=["asyncio", "uvloop"])
+def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
+    """Every test on asyncio's loop and on uvloop's, which the gateway serves on (its transports are
+    not asyncio's classes, and it orders callbacks its own way)."""
+    return uvloop.EventLoopPolicy() if request.param == "uvloop" else asyncio.DefaultEventLoopPolicy()
 
 
 @asynccontextmanager
@@ -265,8 +283,9 @@ async def test_credentials_in_the_url_become_basic_auth(transport: Transport) ->
 
 
 async def test_the_environment_proxy_is_used_unless_no_proxy_names_the_host(
-    monkeypatch: pytest.MonkeyPatch, transport: Transport
+    monkeypatch: pytest.MonkeyPatch, proxy_transport: Transport
 ) -> None:
+    transport = proxy_transport
     async with serving(lambda seen: response(b"via proxy")) as proxy, serving(lambda seen: response()) as origin:
         monkeypatch.setenv("HTTP_PROXY", f"http://agent:secret@127.0.0.1:{proxy.port}")
         async with pool_for("http://upstream.test:8080/v1/embeddings", transport) as pool:
@@ -300,8 +319,9 @@ def _certificates(directory: Path) -> ssl.SSLContext:
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make certificates")
 async def test_https_trusts_ssl_cert_file_and_refuses_an_unknown_ca(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, transport: Transport
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, proxy_transport: Transport
 ) -> None:
+    transport = proxy_transport
     tls = _certificates(tmp_path)
     async with serving(lambda seen: response(b"secure"), tls=tls) as server:
         url = f"https://127.0.0.1:{server.port}/v1/embeddings"
@@ -382,21 +402,143 @@ async def test_close_hangs_up_the_pooled_connections(transport: Transport) -> No
 
 
 @pytest.mark.parametrize(
-    ("proxy", "chosen"),
+    ("url", "proxy", "chosen"),
     [
-        (None, AiohttpPool),
-        ("http://127.0.0.1:3128", AiohttpPool),
-        ("https://127.0.0.1:3128", HttpcorePool),
+        ("http://gpu-host.test:8000/v1/embeddings", None, DirectPool),
+        ("http://gpu-host.test:8000/v1/embeddings", "http://127.0.0.1:3128", AiohttpPool),
+        ("https://api.example.test/v1/embeddings", None, AiohttpPool),
+        ("https://api.example.test/v1/embeddings", "http://127.0.0.1:3128", AiohttpPool),
+        ("https://api.example.test/v1/embeddings", "https://127.0.0.1:3128", HttpcorePool),
     ],
-    ids=["no-proxy", "http-proxy", "https-proxy"],
+    ids=["http", "http-via-http-proxy", "https", "https-via-http-proxy", "https-via-https-proxy"],
 )
-async def test_aiohttp_serves_unless_the_environment_names_a_proxy_it_does_not_speak(
-    monkeypatch: pytest.MonkeyPatch, proxy: str | None, chosen: type[AiohttpPool | HttpcorePool]
+async def test_the_pool_is_chosen_by_scheme_and_proxy(
+    monkeypatch: pytest.MonkeyPatch, url: str, proxy: str | None, chosen: type[DirectPool | AiohttpPool | HttpcorePool]
 ) -> None:
+    """Plain http:// without a proxy goes direct; https to aiohttp; a proxy aiohttp does not speak to httpcore."""
     if proxy is not None:
-        monkeypatch.setenv("HTTPS_PROXY", proxy)
-    pool = UpstreamPool("https://api.example.test/v1/embeddings", {}, max_connections=1)
+        monkeypatch.setenv("HTTPS_PROXY" if url.startswith("https") else "HTTP_PROXY", proxy)
+    pool = UpstreamPool(url, {}, max_connections=1)
     try:
         assert type(pool.pool) is chosen
     finally:
         await pool.aclose()
+
+
+async def test_the_direct_pool_refuses_what_it_does_not_speak(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match="plain http://"):
+        UpstreamPool("https://api.example.test/v1/embeddings", {}, max_connections=1, transport="direct")
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:3128")
+    with pytest.raises(ValueError, match="proxy"):
+        UpstreamPool("http://gpu-host.test/v1/embeddings", {}, max_connections=1, transport="direct")
+
+
+async def test_chunked_and_close_delimited_answers_arrive_whole(transport: Transport) -> None:
+    payload = b'{"data": [' + b"1," * 5000 + b"1]}"
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    chunked += b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (payload[:7], payload[7:])) + b"0\r\n\r\n"
+    async with (
+        serving(lambda seen: chunked) as server,
+        pool_for(f"http://127.0.0.1:{server.port}/e", transport) as pool,
+    ):
+        assert await post(pool) == (200, payload)
+        assert await post(pool) == (200, payload)
+    assert server.connections == 1  # a chunked answer leaves the connection reusable
+    until_close = b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n" + payload  # its end is the close
+    async with (
+        serving(lambda seen: until_close, close_after_answer=True) as server,
+        pool_for(f"http://127.0.0.1:{server.port}/e", transport) as pool,
+    ):
+        assert await post(pool) == (200, payload)
+        assert await post(pool) == (200, payload)
+    assert server.connections == 2
+
+
+async def test_connection_close_in_an_answer_is_obeyed(transport: Transport) -> None:
+    async with (
+        serving(lambda seen: response(headers={"Connection": "close"})) as server,
+        pool_for(f"http://127.0.0.1:{server.port}/e", transport) as pool,
+    ):
+        for _ in range(3):
+            assert (await post(pool))[0] == 200
+    assert server.connections == 3
+
+
+async def test_callers_beyond_max_connections_queue_for_the_connections(transport: Transport) -> None:
+    async with (
+        serving(lambda seen: response(b"answer " + seen.body)) as server,
+        pool_for(f"http://127.0.0.1:{server.port}/e", transport, max_connections=2) as pool,
+    ):
+        answers = await asyncio.gather(*(post(pool, str(i).encode()) for i in range(12)))
+    assert answers == [(200, b"answer " + str(i).encode()) for i in range(12)]
+    assert server.connections == 2
+
+
+@pytest.mark.parametrize("transport", ["direct", "aiohttp"])  # httpcore sends it once more (DROPPED)
+async def test_an_answer_that_is_not_http_fails_and_its_connection_is_not_reused(transport: Transport) -> None:
+    answers = iter([b"SMTP ready\r\n\r\n", response(b"fine")])
+    async with (
+        serving(lambda seen: next(answers)) as server,
+        pool_for(f"http://127.0.0.1:{server.port}/e", transport) as pool,
+    ):
+        with pytest.raises(UpstreamTransient, match="cannot reach the upstream"), upstream_errors("dep", None):
+            await post(pool)
+        assert await post(pool) == (200, b"fine")
+    assert server.connections == 2
+
+
+async def test_a_call_cancelled_mid_answer_closes_its_connection_and_frees_its_place(transport: Transport) -> None:
+    answers = iter([None, response(b"second")])  # the first request is never answered
+    async with (
+        serving(lambda seen: next(answers)) as server,
+        pool_for(f"http://127.0.0.1:{server.port}/e", transport, max_connections=1) as pool,
+    ):
+        first = asyncio.create_task(post(pool, b"1", timeout_s=30))
+        await asyncio.sleep(0.1)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        assert await post(pool, b"2") == (200, b"second")  # on a new connection, in the freed place
+    assert server.connections == 2
+
+
+async def test_an_answer_that_trickles_in_is_not_cut_short_by_the_read_timeout() -> None:
+    """`timeout_s` bounds a silence, not the whole answer (like aiohttp's `sock_read`)."""
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        body = b"x" * 8
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n")
+        for byte in body:
+            await asyncio.sleep(0.1)
+            writer.write(bytes([byte]))
+        await writer.drain()
+
+    listener = await asyncio.start_server(trickle, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    try:
+        async with pool_for(f"http://127.0.0.1:{port}/e", "direct") as pool:
+            started = time.monotonic()
+            assert await post(pool, timeout_s=0.5) == (200, b"x" * 8)
+            assert time.monotonic() - started > 0.5
+    finally:
+        listener.close()
+
+
+async def test_an_interim_100_continue_is_skipped(transport: Transport) -> None:
+    answer = b"HTTP/1.1 100 Continue\r\n\r\n" + response(b"final")
+    async with serving(lambda seen: answer) as server, pool_for(f"http://127.0.0.1:{server.port}/e", transport) as pool:
+        assert await post(pool) == (200, b"final")
+
+
+async def test_an_idle_connection_past_its_keepalive_is_not_reused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http_direct, "KEEPALIVE_EXPIRY_S", 0.05)
+    async with (
+        serving(lambda seen: response()) as server,
+        pool_for(f"http://127.0.0.1:{server.port}/e", "direct") as pool,
+    ):
+        await post(pool)
+        await post(pool)
+        await asyncio.sleep(0.1)
+        await post(pool)
+    assert server.connections == 2
