@@ -5,16 +5,17 @@ transport layer) when the environment names an HTTPS or SOCKS proxy, which aioht
 
 A call through `httpx.AsyncClient` costs ~0.8 ms of CPU on top of the bytes it moves (URL merging,
 cookies, auth and redirect machinery, events, response decoders); the same POST on the httpcore pool
-under it ~0.5 ms, and ~0.4 ms on `providers.http_backend`'s lean asyncio streams (one run). Side by
-side in a later run (uvloop, POSTs in a loop to `bench/fake_upstream.py`): that lean httpcore pool
-~0.20 ms, aiohttp ~0.07 ms (its HTTP parser is C). Through the gateway a miss costs ~0.2 ms less
-CPU on aiohttp at 1 client and ~0.6 ms less at 16 (httpcore's pool walks all of its connections
-on every request and every release). What the httpx client did is kept by
-both pools: proxies from the environment (`HTTP(S)_PROXY`, `ALL_PROXY`, `NO_PROXY`, as urllib reads
-them, resolved once per pool), certificates from `SSL_CERT_FILE` / `SSL_CERT_DIR` (else certifi),
-credentials in the URL as Basic auth, gzip and deflate answers, its User-Agent, and no redirects
-followed. Errors are httpcore's (the aiohttp pool translates its own): `providers.http_errors`
-translates them.
+under it ~0.5 ms, and ~0.4 ms on `providers.http_backend`'s lean asyncio streams (one run). Through
+the gateway a miss cost ~0.2 ms less CPU on aiohttp than on that httpcore pool at 1 client and
+~0.6 ms less at 16 (httpcore's pool walks all of its connections on every request and every
+release). Side by side in a later run (uvloop, POSTs one after another to `bench/fake_upstream.py`):
+aiohttp ~0.19-0.24 ms of CPU and ~0.28-0.33 ms of wall time a POST, the direct pool ~0.08 and ~0.18,
+a raw asyncio-streams client ~0.08 and ~0.17. What the httpx client did is kept by all three pools
+(the direct pool takes no proxy and no TLS): proxies from the environment (`HTTP(S)_PROXY`,
+`ALL_PROXY`, `NO_PROXY`, as urllib reads them, resolved once per pool), certificates from
+`SSL_CERT_FILE` / `SSL_CERT_DIR` (else certifi), credentials in the URL as Basic auth, gzip and
+deflate answers, its User-Agent, and no redirects followed. Errors are httpcore's (the aiohttp pool
+translates its own): `providers.http_errors` translates them.
 """
 
 from __future__ import annotations
