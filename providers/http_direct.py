@@ -240,6 +240,9 @@ class DirectPool:
         """A new connection; `granted`: its place was counted by whoever handed it over."""
         if not granted:
             self.open += 1
+        if self.closing:  # a caller that waited while the pool was being closed
+            self._vacate()
+            raise httpcore.ConnectError("the connection pool is closed")
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(connect_timeout_s):

@@ -542,3 +542,19 @@ async def test_an_idle_connection_past_its_keepalive_is_not_reused(monkeypatch: 
         await asyncio.sleep(0.1)
         await post(pool)
     assert server.connections == 2
+
+
+async def test_a_caller_waiting_when_the_direct_pool_closes_gets_no_new_connection() -> None:
+    async with serving(lambda seen: None if seen.body == b"hang" else response()) as server:
+        pool = UpstreamPool(f"http://127.0.0.1:{server.port}/e", {}, max_connections=1, transport="direct")
+        hanging = asyncio.create_task(post(pool, b"hang", timeout_s=30))
+        await asyncio.sleep(0.1)
+        waiting = asyncio.create_task(post(pool, b"next", timeout_s=30))
+        await asyncio.sleep(0.05)
+        await pool.aclose()
+        hanging.cancel()  # its connection is closed on release, and its place goes to the waiter
+        with pytest.raises(httpcore.ConnectError, match="closed"):
+            await waiting
+        with pytest.raises(asyncio.CancelledError):
+            await hanging
+    assert server.connections == 1
