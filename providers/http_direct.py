@@ -23,16 +23,19 @@ Errors are httpcore's, so `providers.http_errors` translates one family.
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections import deque
 from collections.abc import Mapping
 from typing import cast
 
+import aiohappyeyeballs
 import httpcore
 import httptools
 import httpx
 
 from providers.http_transport import KEEPALIVE_EXPIRY_S, Reply, decompress, fixed_headers
 
+HAPPY_EYEBALLS_DELAY_S = 0.25  # aiohttp's: the next address is tried after this long without a connection
 SINGLE_WRITE_BYTES = 64 * 1024
 """Bodies up to this size go out in one write with the head (one copy); larger ones as two writes."""
 
@@ -217,7 +220,8 @@ class DirectPool:
         now = asyncio.get_running_loop().time()
         while self.idle:
             connection = self.idle.pop()  # the most recently used: the likeliest to be alive
-            if connection.closed or now - connection.idle_since > KEEPALIVE_EXPIRY_S:
+            stale = now - connection.idle_since > KEEPALIVE_EXPIRY_S
+            if stale or connection.closed or connection.transport is None or connection.transport.is_closing():
                 self._discard(connection)
                 continue
             return connection
@@ -246,7 +250,7 @@ class DirectPool:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(connect_timeout_s):
-                _, connection = await loop.create_connection(lambda: _Exchange(loop), self.host, self.port)
+                _, connection = await loop.create_connection(lambda: _Exchange(loop), sock=await self._socket(loop))
         except TimeoutError:
             self._vacate()
             raise httpcore.ConnectTimeout("no connection made in time") from None
@@ -257,6 +261,15 @@ class DirectPool:
             self._vacate()
             raise
         return connection
+
+    async def _socket(self, loop: asyncio.AbstractEventLoop) -> socket.socket:
+        """A connected socket to the upstream: every address the name resolves to, raced with happy
+        eyeballs as aiohttp does (uvloop's `create_connection` tries one address after another, so an
+        unreachable IPv6 address would spend the whole connect timeout)."""
+        addresses = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
+        sock = await aiohappyeyeballs.start_connection(addresses, happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY_S)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
 
     def _release(self, connection: _Exchange) -> None:
         """A connection back from a call: to a waiting caller, to the idle list, or closed."""

@@ -558,3 +558,13 @@ async def test_a_caller_waiting_when_the_direct_pool_closes_gets_no_new_connecti
         with pytest.raises(asyncio.CancelledError):
             await hanging
     assert server.connections == 1
+
+
+async def test_a_host_name_is_resolved_and_its_addresses_tried(transport: Transport) -> None:
+    """`localhost` may resolve to ::1 first, where nothing listens: the next address serves."""
+    async with (
+        serving(lambda seen: response(b"by name")) as server,
+        pool_for(f"http://localhost:{server.port}/e", transport) as pool,
+    ):
+        assert await post(pool) == (200, b"by name")
+    assert server.requests[0].headers["host"] == f"localhost:{server.port}"
