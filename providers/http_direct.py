@@ -145,6 +145,8 @@ class _Exchange(asyncio.Protocol):
     # --- httptools' callbacks ---
 
     def on_message_begin(self) -> None:
+        if self.answer is None or self.answer.done():  # a second answer nobody asked for: spoilt
+            self.abort()
         self.begun = True
 
     def on_status(self, status: bytes) -> None:

@@ -615,3 +615,16 @@ async def test_the_direct_pool_keeps_its_count_through_drops_hangs_timeouts_and_
         storm = False
         assert await post(pool, b"last") == (200, b"ok last")
         await pool.aclose()
+
+
+@pytest.mark.parametrize("transport", ["direct", "aiohttp"])  # httpcore (h11) hands them on: left as it is
+async def test_bytes_after_an_answer_never_become_the_next_callers_answer(transport: Transport) -> None:
+    """An upstream that sends the start of a second answer with the first: that connection is not
+    reused, so the next caller gets the answer to its own request."""
+    answers = iter([response(b"first") + b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab", response(b"second")])
+    async with (
+        serving(lambda seen: next(answers)) as server,
+        pool_for(f"http://127.0.0.1:{server.port}/e", transport) as pool,
+    ):
+        assert await post(pool, b"1") == (200, b"first")
+        assert await post(pool, b"2") == (200, b"second")
